@@ -1,0 +1,80 @@
+"""``wrenn-cp serve``: embedded services (when no URLs are set), migrations, bootstrap, HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import uvicorn
+
+from app.core import migrate
+from app.core.bootstrap import bootstrap
+from app.core.config import ConfigError, Settings
+from app.core.embedded import EmbeddedServices
+
+log = logging.getLogger("wrenn.serve")
+
+
+def _display_url(settings: Settings, host: str, port: int) -> str:
+    if settings.public_url:
+        return settings.public_url.rstrip("/")
+    shown = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+    return f"http://{shown}:{port}"
+
+
+def run(settings: Settings, host: str, port: int, start_agent: bool = True) -> None:
+    settings.ensure_secrets()
+    services: EmbeddedServices | None = None
+    if not settings.database_url or not settings.redis_url:
+        if settings.production:
+            raise ConfigError("DATABASE_URL and REDIS_URL are required when WRENN_ENV=production")
+        services = EmbeddedServices(settings.data_dir)
+        pg_url, redis_url = services.start()
+        settings.database_url = settings.database_url or pg_url
+        settings.redis_url = settings.redis_url or redis_url
+        log.info("embedded postgres and redis started under %s", settings.data_dir)
+    try:
+        migrate.upgrade(settings.database_url)
+        url = _display_url(settings, host, port)
+        record = asyncio.run(bootstrap(settings, url))
+        if record is not None:
+            _announce(record, settings)
+        _serve_http(settings, host, port)
+    finally:
+        if services is not None:
+            services.stop()
+            log.info("embedded services stopped")
+
+
+def _announce(record: dict[str, str], settings: Settings) -> None:
+    lines = [
+        "",
+        "Wrenn is ready. First-start credentials (also in %s, mode 0600):" % (settings.data_dir / "bootstrap.json"),
+        f"  url:            {record['url']}",
+        f"  admin email:    {record['admin_email']}",
+        f"  admin password: {record['admin_password']}",
+        f"  team id:        {record['team_id']}",
+        f"  API key:        {record['api_key']}",
+        "",
+    ]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _serve_http(settings: Settings, host: str, port: int) -> None:
+    from app.main import create_app
+
+    config = uvicorn.Config(
+        create_app(settings),
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.log_level.lower(),
+        timeout_keep_alive=620,
+        timeout_graceful_shutdown=30,
+        proxy_headers=True,
+        forwarded_allow_ips="*",
+        access_log=False,
+    )
+    uvicorn.Server(config).run()

@@ -1,0 +1,100 @@
+"""The control-plane application: ``create_app(settings)``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, PlainTextResponse
+from starlette.responses import Response
+
+from app import __version__
+from app.accounts.router import router as accounts_router
+from app.admin.router import router as admin_router
+from app.apikeys.router import router as apikeys_router
+from app.auth import sessions
+from app.auth.deps import SessionExpired
+from app.auth.oauth_router import router as oauth_router
+from app.auth.router import router as auth_router
+from app.core.config import Settings
+from app.core.db import make_engine, make_sessionmaker
+from app.core.http import BodyGuardMiddleware, ORJSONResponse, install_error_handlers
+from app.core.mail import Mailer
+from app.core.redis import make_redis
+from app.core.state import AppState
+from app.teams.router import router as teams_router
+
+log = logging.getLogger("wrenn")
+
+SPEC_PATH = Path(__file__).resolve().parents[1] / "openapi" / "wrenn-openapi-0.2.0.yaml"
+
+# Domains that run background loops or own resources add (start, stop) callables here.
+Lifecycle = tuple[Callable[[AppState], Awaitable[None]], Callable[[AppState], Awaitable[None]]]
+LIFECYCLE: list[Lifecycle] = []
+
+
+def create_app(settings: Settings) -> FastAPI:
+    if not settings.database_url or not settings.redis_url:
+        raise ValueError("create_app needs database_url and redis_url (the CLI starts embedded servers)")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url)
+        state = AppState(settings=settings, engine=engine, db=make_sessionmaker(engine),
+                         redis=make_redis(settings.redis_url), mailer=Mailer(settings))
+        app.state.wrenn = state
+        started: list[Lifecycle] = []
+        try:
+            for item in LIFECYCLE:
+                await item[0](state)
+                started.append(item)
+            yield
+        finally:
+            for item in reversed(started):
+                with contextlib.suppress(Exception):
+                    await item[1](state)
+            await state.redis.aclose()
+            await engine.dispose()
+
+    app = FastAPI(title="Wrenn control plane", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url="/openapi.json",
+                  default_response_class=ORJSONResponse)
+    install_error_handlers(app)
+
+    @app.exception_handler(SessionExpired)
+    async def _expired(request: Request, exc: SessionExpired) -> Response:
+        response = ORJSONResponse(exc.body(), status_code=401)
+        sessions.clear_session_cookies(response, request.app.state.wrenn, request)
+        return response
+
+    for router in (auth_router, oauth_router, accounts_router, apikeys_router, teams_router, admin_router):
+        app.include_router(router)
+    _misc_routes(app)
+    app.add_middleware(BodyGuardMiddleware, json_limit=settings.max_json_body_bytes)
+    return app
+
+
+def _misc_routes(app: FastAPI) -> None:
+    @app.get("/health", include_in_schema=False)
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/openapi.yaml", include_in_schema=False)
+    async def spec() -> Response:
+        if not SPEC_PATH.exists():
+            return PlainTextResponse("spec not bundled", status_code=404)
+        return Response(SPEC_PATH.read_bytes(), media_type="application/yaml")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(_SWAGGER_HTML)
+
+
+_SWAGGER_HTML = """<!doctype html><html><head><title>Wrenn API</title>
+<link rel="stylesheet" href="https://unpkg.com/swagger-ui-dist@5/swagger-ui.css"></head>
+<body><div id="ui"></div><script src="https://unpkg.com/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
+<script>SwaggerUIBundle({url: '/openapi.yaml', dom_id: '#ui'});</script></body></html>"""
