@@ -20,9 +20,7 @@ def envelope(flags: int, payload: bytes) -> bytes:
 
 def test_exec_stream_request_bytes_match_spec() -> None:
     msg = pb.ExecStreamRequest(sandbox_id=SID, cmd="/bin/sh", args=["-c", "echo hi"])
-    expected = (
-        b"\x0a\x1c" + SID.encode() + b"\x12\x07/bin/sh" + b"\x1a\x02-c" + b"\x1a\x07echo hi"
-    )
+    expected = b"\x0a\x1c" + SID.encode() + b"\x12\x07/bin/sh" + b"\x1a\x02-c" + b"\x1a\x07echo hi"
     assert len(expected) == 52
     assert msg.SerializeToString() == expected
     body = envelope(0, msg.SerializeToString())
