@@ -114,7 +114,7 @@ class ConnectError(Exception):
 FLAG_COMPRESSED = 0x01
 FLAG_END_STREAM = 0x02
 _HEADER = struct.Struct(">BI")
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # whole-file WriteFile/ReadFile travel as one message
 
 
 def encode_envelope(payload: bytes, flags: int = 0) -> bytes:
