@@ -101,7 +101,8 @@ def load_ca(cert_pem: str, key_pem: str) -> CertificateAuthority:
         raise TLSConfigError(f"invalid CA PEM: {exc}") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
         raise TLSConfigError("CA key must be ECDSA P-256")
-    if cert.public_key().public_numbers() != key.public_key().public_numbers():
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if cert.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
         raise TLSConfigError("CA key does not match the CA certificate")
     return CertificateAuthority(cert, key)
 
