@@ -99,7 +99,12 @@ class HostDirRuntime:
             cmd, *args, cwd=self._root(sandbox_id), env={**os.environ, **envs},
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        out, err = await proc.communicate()
+        try:
+            out, err = await proc.communicate()
+        finally:
+            if proc.returncode is None:  # cancelled (deadline): don't leave the child behind
+                proc.kill()
+                await proc.wait()
         return ExecResult(out, err, proc.returncode or 0)
 
     async def exec_stream(
