@@ -1,12 +1,13 @@
 """End to end over the real runtime: CP client → mTLS → agent server → BwrapRuntime capsule.
 
-One test per RPC kind (unary, server-streaming, client-streaming). Skipped, with the reason, when
+One test per RPC kind (unary, server-streaming, client-streaming) and the port proxy. Skipped, with the reason, when
 BwrapRuntime is not importable or cannot start a capsule and run ``/bin/true`` in it on this
 machine (the runtime has its own tests; this file checks the RPC path end to end).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -99,3 +100,25 @@ async def test_client_stream_upload(client: AgentClient, capsule: str) -> None:
         m.chunk async for m in client.read_file_stream(pb.ReadFileStreamRequest(sandbox_id=capsule, path="/tmp/up.bin"))
     ]
     assert b"".join(back) == data
+
+
+async def test_port_proxy_to_capsule_service(client: AgentClient, capsule: str) -> None:
+    await client.write_file(pb.WriteFileRequest(sandbox_id=capsule, path="/tmp/www/hello.txt", content=b"hello"))
+    await client.start_background(
+        pb.StartBackgroundRequest(
+            sandbox_id=capsule, cmd="python3", args=["-m", "http.server", "8765", "-d", "/tmp/www"], tag="proc-www"
+        )
+    )
+    resp = await client.proxy_request(capsule, 8765, "GET", "/hello.txt")  # dial retries cover start-up
+    for _ in range(20):
+        if resp.status_code != 502:
+            break
+        await resp.aclose()
+        await asyncio.sleep(0.1)
+        resp = await client.proxy_request(capsule, 8765, "GET", "/hello.txt")
+    try:
+        assert resp.status_code == 200
+        assert await resp.aread() == b"hello"
+    finally:
+        await resp.aclose()
+    await client.kill_process(pb.KillProcessRequest(sandbox_id=capsule, tag="proc-www"))
