@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
+from types import FrameType
 
 import uvicorn
 
@@ -23,7 +25,23 @@ def _display_url(settings: Settings, host: str, port: int) -> str:
     return f"http://{shown}:{port}"
 
 
+class _Stop(Exception):
+    """Raised from the SIGTERM handler so clean-up code runs (uvicorn re-raises the signal it caught)."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise _Stop()
+
+
 def run(settings: Settings, host: str, port: int, start_agent: bool = True) -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        _run(settings, host, port, start_agent)
+    except (_Stop, KeyboardInterrupt):
+        log.info("stopped")
+
+
+def _run(settings: Settings, host: str, port: int, start_agent: bool) -> None:
     settings.ensure_secrets()
     services: EmbeddedServices | None = None
     if not settings.database_url or not settings.redis_url:
