@@ -1,4 +1,5 @@
 """BwrapRuntime functional tests: real capsules, real processes (needs root; see conftest)."""
+# ruff: noqa: ASYNC109, ASYNC221, ASYNC240  (tests inspect the host synchronously on purpose)
 
 from __future__ import annotations
 
@@ -52,8 +53,7 @@ async def test_create_exec_destroy_leaves_nothing(bwrap_rt: BwrapRuntime) -> Non
 
     await bwrap_rt.destroy(sid)
     assert sid not in [s.sandbox_id for s in await bwrap_rt.list()]
-    alive = [(p, Path(f"/proc/{p}/status").read_text().split("\n")[:3]) for p in [init_pid, *pids] if Path(f"/proc/{p}").exists()]
-    assert not alive
+    assert not [p for p in [init_pid, *pids] if Path(f"/proc/{p}").exists()]
     assert not any(d.exists() for d in cg_dirs)
     assert not cap_dir.exists()
     assert not _net.link_exists(ifname)
@@ -133,7 +133,8 @@ async def test_exec_stream_order_and_liveness(bwrap_rt: BwrapRuntime, capsule: s
 # ---------------------------------------------------------------- background processes
 async def test_background_list_connect_kill(bwrap_rt: BwrapRuntime, capsule: str) -> None:
     pid = await bwrap_rt.start_background(
-        capsule, "/bin/sh", ["-c", 'echo "hello $WHO from $(pwd)"; i=0; while :; do echo tick$i; i=$((i+1)); sleep 0.1; done'],
+        capsule, "/bin/sh",
+        ["-c", 'echo "hello $WHO from $(pwd)"; i=0; while :; do echo tick$i; i=$((i+1)); sleep 0.1; done'],
         "worker", {"WHO": "bg"}, "/tmp")
     assert pid > 0
     await asyncio.sleep(0.5)
@@ -192,9 +193,9 @@ async def test_pty_echo_resize_reattach_exit(bwrap_rt: BwrapRuntime, capsule: st
     first = await stream.__anext__()
     assert first.kind == "started" and first.pid > 0 and first.tag == "pty-abc12345"
     buf: list[PtyEvent] = []
-    await bwrap_rt.pty_input(capsule, "pty-abc12345", b"stty size; tty; echo mark-$((6*7))\n")
+    await bwrap_rt.pty_input(capsule, "pty-abc12345", b"stty size; test -t 0 && echo mark-$((6*7))\n")
     out = await _collect_until(stream, b"mark-42", buf)
-    assert b"30 100" in out and b"/dev/pts/" in out
+    assert b"30 100" in out
     await bwrap_rt.pty_resize(capsule, "pty-abc12345", 120, 40)
     await bwrap_rt.pty_input(capsule, "pty-abc12345", b"stty size\n")
     assert b"40 120" in await _collect_until(stream, b"40 120", buf)
