@@ -23,18 +23,36 @@ from app.auth.router import router as auth_router
 from app.core.config import Settings
 from app.core.db import make_engine, make_sessionmaker
 from app.core.http import BodyGuardMiddleware, ORJSONResponse, install_error_handlers
+from app.core.leader import LeaderLoop
 from app.core.mail import Mailer
 from app.core.redis import make_redis
 from app.core.state import AppState
+from app.hosts import agents
+from app.hosts import monitor as host_monitor
+from app.hosts.router import router as hosts_router
 from app.teams.router import router as teams_router
 
 log = logging.getLogger("wrenn")
 
 SPEC_PATH = Path(__file__).resolve().parents[1] / "openapi" / "wrenn-openapi-0.2.0.yaml"
 
-# Domains that run background loops or own resources add (start, stop) callables here.
+# Domains that own resources add (start, stop) callables here, in start order.
 Lifecycle = tuple[Callable[[AppState], Awaitable[None]], Callable[[AppState], Awaitable[None]]]
-LIFECYCLE: list[Lifecycle] = []
+LIFECYCLE: list[Lifecycle] = [(agents.start, agents.stop)]
+
+
+def background_loops(state: AppState) -> list[LeaderLoop]:
+    """Every replica runs these; only the leader of each acts (core/leader.py)."""
+    s = state.settings
+    return [
+        LeaderLoop(state.engine, "host-monitor", s.monitor_interval_sec, lambda: host_monitor.tick(state)),
+        LeaderLoop(state.engine, "session-cleaner", s.session_cleanup_interval_sec,
+                   lambda: _purge_sessions(state)),
+    ]
+
+
+async def _purge_sessions(state: AppState) -> None:
+    await sessions.purge_expired(state)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -48,12 +66,19 @@ def create_app(settings: Settings) -> FastAPI:
                          redis=make_redis(settings.redis_url), mailer=Mailer(settings))
         app.state.wrenn = state
         started: list[Lifecycle] = []
+        loops: list[LeaderLoop] = []
         try:
             for item in LIFECYCLE:
                 await item[0](state)
                 started.append(item)
+            loops = background_loops(state)
+            for loop in loops:
+                loop.start()
+            state.extras["loops"] = loops
             yield
         finally:
+            for loop in loops:
+                await loop.stop()
             for item in reversed(started):
                 with contextlib.suppress(Exception):
                     await item[1](state)
@@ -71,7 +96,8 @@ def create_app(settings: Settings) -> FastAPI:
         sessions.clear_session_cookies(response, request.app.state.wrenn, request)
         return response
 
-    for router in (auth_router, oauth_router, accounts_router, apikeys_router, teams_router, admin_router):
+    for router in (auth_router, oauth_router, accounts_router, apikeys_router, teams_router, admin_router,
+                   hosts_router):
         app.include_router(router)
     _misc_routes(app)
     app.add_middleware(BodyGuardMiddleware, json_limit=settings.max_json_body_bytes)

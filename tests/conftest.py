@@ -53,8 +53,16 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
 _redis_index = itertools.cycle(range(1, 64))
 
 
+@pytest.fixture(scope="session")
+def test_ca() -> tuple[str, str]:
+    from app.hostagent.tls import generate_ca
+
+    ca = generate_ca()
+    return ca.cert_pem, ca.key_pem
+
+
 @pytest.fixture
-def settings(services: Services, tmp_path: Path) -> Settings:
+def settings(services: Services, tmp_path: Path, test_ca: tuple[str, str]) -> Settings:
     s = Settings(
         WRENN_ENV="development",
         WRENN_DIR=tmp_path / "data",
@@ -64,6 +72,8 @@ def settings(services: Services, tmp_path: Path) -> Settings:
         WRENN_ENCRYPTION_KEY="ab" * 32,
         WRENN_COOKIE_SECURE="false",
         OAUTH_REDIRECT_URL="http://frontend.test",
+        WRENN_CA_CERT=test_ca[0],
+        WRENN_CA_KEY=test_ca[1],
     )
     return s
 

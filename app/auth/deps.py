@@ -88,7 +88,15 @@ async def platform_admin(who: Annotated[Identity, Depends(session_user)], state:
     return who
 
 
+async def session_user_fresh(who: Annotated[Identity, Depends(session_user)], state: State) -> Identity:
+    """A session whose admin flag is re-read from the database (the cached one is only a UI hint)."""
+    async with state.db() as db:
+        who.is_admin = bool(await db.scalar(select(User.is_admin).where(User.id == who.user_id)))
+    return who
+
+
 SessionUser = Annotated[Identity, Depends(session_user)]
+SessionUserFresh = Annotated[Identity, Depends(session_user_fresh)]
 TeamSession = Annotated[Identity, Depends(team_session)]
 TeamCaller = Annotated[Identity, Depends(team_caller)]
 PlatformAdmin = Annotated[Identity, Depends(platform_admin)]

@@ -126,7 +126,8 @@ async def fetch_identity(state: AppState, request: Request, provider: str, code:
         raise OAuthFailure("exchange_failed") from exc
     if not email:
         raise OAuthFailure("exchange_failed")
-    return ProviderIdentity(str(profile["id"]), email.strip().lower(), profile.get("name") or profile.get("login") or "")
+    name = profile.get("name") or profile.get("login") or ""
+    return ProviderIdentity(str(profile["id"]), email.strip().lower(), name)
 
 
 def _primary_email(entries: list[dict[str, object]]) -> str:

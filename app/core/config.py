@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     login_max_failures_per_email: int = Field(10, validation_alias=AliasChoices("WRENN_LOGIN_MAX_FAILURES"))
     login_max_failures_per_ip: int = Field(50, validation_alias=AliasChoices("WRENN_LOGIN_MAX_FAILURES_IP"))
     login_failure_window_sec: int = Field(900, validation_alias=AliasChoices("WRENN_LOGIN_FAILURE_WINDOW"))
+    monitor_interval_sec: float = Field(15, validation_alias=AliasChoices("WRENN_MONITOR_INTERVAL"))
+    host_dead_after_sec: float = Field(90, validation_alias=AliasChoices("WRENN_HOST_DEAD_AFTER"))
+    session_cleanup_interval_sec: float = Field(900, validation_alias=AliasChoices("WRENN_SESSION_CLEANUP_INTERVAL"))
     max_json_body_bytes: int = Field(1 << 20, validation_alias=AliasChoices("WRENN_MAX_JSON_BODY"))
 
     @property
@@ -113,11 +116,15 @@ class Settings(BaseSettings):
                 raise ConfigError("REDIS_URL is required when WRENN_ENV=production")
             if self.github_enabled and not self.public_url:
                 raise ConfigError("CP_PUBLIC_URL is required when GitHub OAuth is enabled")
+            for env_name, attr in (("WRENN_CA_CERT", "ca_cert"), ("WRENN_CA_KEY", "ca_key")):
+                if not getattr(self, attr):
+                    raise ConfigError(f"{env_name} is required when WRENN_ENV=production")
         else:
             stored = load_or_create_secrets(self.data_dir)
-            for attr in required.values():
+            for attr in (*required.values(), "ca_cert", "ca_key"):
                 if not getattr(self, attr):
                     setattr(self, attr, stored[attr])
+        self._check_ca()
         if len(self.jwt_secret) < 32:
             raise ConfigError("JWT_SECRET must be at least 32 characters")
         try:
@@ -125,6 +132,14 @@ class Settings(BaseSettings):
                 raise ValueError
         except ValueError as exc:
             raise ConfigError("WRENN_ENCRYPTION_KEY must be 64 hex characters") from exc
+
+    def _check_ca(self) -> None:
+        from app.hostagent.tls import TLSConfigError, load_ca
+
+        try:
+            load_ca(self.ca_cert, self.ca_key)
+        except (TLSConfigError, ValueError) as exc:
+            raise ConfigError(f"WRENN_CA_CERT / WRENN_CA_KEY are not a usable ECDSA P-256 CA: {exc}") from exc
 
 
 def load_or_create_secrets(data_dir: Path) -> dict[str, str]:
@@ -140,6 +155,12 @@ def load_or_create_secrets(data_dir: Path) -> dict[str, str]:
         if not stored.get(key):
             stored[key] = factory()
             changed = True
+    if not stored.get("ca_cert") or not stored.get("ca_key"):
+        from app.hostagent.tls import generate_ca
+
+        ca = generate_ca()
+        stored["ca_cert"], stored["ca_key"] = ca.cert_pem, ca.key_pem
+        changed = True
     if changed:
         write_private(path, json.dumps(stored, indent=2))
     return stored
