@@ -302,6 +302,12 @@ class Checker:
             node = self.spec.pointer(pointer)
         return pointer
 
+    def error_problems(self, body: bytes | None, headers: Mapping[str, str] | None = None) -> list[str]:
+        """What is wrong with an error response's body (empty list: a valid envelope)."""
+        problems: list[str] = []
+        self._check_error(body, {k.lower(): v for k, v in (headers or {}).items()}, problems)
+        return problems
+
     def _check_error(self, body: bytes | None, headers: Mapping[str, str], problems: list[str]) -> None:
         if body is None:
             return
