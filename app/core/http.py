@@ -119,6 +119,9 @@ class BodyGuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if "\x00" in path or b"%00" in scope.get("query_string", b""):
+            await _send_error(send, 400, "invalid_request", "NUL characters are not allowed in URLs")
+            return
         limit = _body_limit(scope["path"])
         if limit == 0:
             limit = self.json_limit
@@ -162,11 +165,15 @@ def _limited_receive(receive: Receive, limit: int) -> Receive:
 
 
 async def _send_too_large(send: Send, limit: int) -> None:
-    body = orjson.dumps({"error": {"code": "too_large", "message": f"request body exceeds {limit} bytes"}})
+    await _send_error(send, 413, "too_large", f"request body exceeds {limit} bytes")
+
+
+async def _send_error(send: Send, status: int, code: str, message: str) -> None:
+    body = orjson.dumps({"error": {"code": code, "message": message}})
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
         }
     )

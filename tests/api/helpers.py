@@ -19,13 +19,19 @@ _seq = itertools.count(1)
 class Client:
     """An httpx client with its own cookie jar that sends X-CSRF-Token like the SPA does."""
 
-    def __init__(self, app: FastAPI, *, csrf: bool = True, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, app: FastAPI | str, *, csrf: bool = True, headers: dict[str, str] | None = None,
+                 timeout: float = 60) -> None:
+        """``app``: an in-process app (ASGI transport) or the base URL of a live server."""
         self.csrf = csrf
-        self.http = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app, client=(f"10.0.0.{next(_seq) % 250 + 1}", 1234)),
-            base_url="http://testserver",
-            headers=headers,
-        )
+        if isinstance(app, str):
+            self.http = httpx.AsyncClient(base_url=app, headers=headers, timeout=timeout)
+        else:
+            self.http = httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app, client=(f"10.0.0.{next(_seq) % 250 + 1}", 1234)),
+                base_url="http://testserver",
+                headers=headers,
+                timeout=timeout,
+            )
         self.user_id = ""
         self.team_id = ""
         self.email = ""
@@ -54,7 +60,7 @@ class Client:
 
 
 class Platform:
-    def __init__(self, app: FastAPI, settings: Settings) -> None:
+    def __init__(self, app: FastAPI | str, settings: Settings) -> None:
         self.app = app
         self.settings = settings
         self.clients: list[Client] = []

@@ -292,8 +292,6 @@ NUL_PROBES = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason="app bug: a NUL character in a string reaches Postgres → 500 "
-                                       "(see the conformance report); remove this marker once fixed")
 async def test_nul_characters_are_refused_cleanly(platform: Platform, app: FastAPI, fuzzer: Fuzzer) -> None:
     actor = await _actor(platform, app)
     spec = load_spec()
