@@ -29,7 +29,7 @@ from app.core.leader import LeaderLoop
 from app.core.mail import Mailer
 from app.core.redis import make_redis
 from app.core.state import AppState
-from app.hosts import agents
+from app.hosts import agents, local_agent
 from app.hosts import monitor as host_monitor
 from app.hosts.router import router as hosts_router
 from app.teams.router import router as teams_router
@@ -40,7 +40,7 @@ SPEC_PATH = Path(__file__).resolve().parents[1] / "openapi" / "wrenn-openapi-0.2
 
 # Domains that own resources add (start, stop) callables here, in start order.
 Lifecycle = tuple[Callable[[AppState], Awaitable[None]], Callable[[AppState], Awaitable[None]]]
-LIFECYCLE: list[Lifecycle] = [(agents.start, agents.stop)]
+LIFECYCLE: list[Lifecycle] = [(agents.start, agents.stop), (local_agent.start, local_agent.stop)]
 
 
 def background_loops(state: AppState) -> list[LeaderLoop]:

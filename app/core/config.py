@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     monitor_interval_sec: float = Field(15, validation_alias=AliasChoices("WRENN_MONITOR_INTERVAL"))
     host_dead_after_sec: float = Field(90, validation_alias=AliasChoices("WRENN_HOST_DEAD_AFTER"))
     session_cleanup_interval_sec: float = Field(900, validation_alias=AliasChoices("WRENN_SESSION_CLEANUP_INTERVAL"))
+    # Set by ``wrenn-cp serve`` (embedded mode): the URL its local agent registers with.
+    local_agent_cp_url: str = Field("", validation_alias=AliasChoices("WRENN_LOCAL_AGENT_CP_URL"))
     max_json_body_bytes: int = Field(1 << 20, validation_alias=AliasChoices("WRENN_MAX_JSON_BODY"))
 
     @property

@@ -55,6 +55,8 @@ def _run(settings: Settings, host: str, port: int, start_agent: bool) -> None:
     try:
         migrate.upgrade(settings.database_url)
         url = _display_url(settings, host, port)
+        if start_agent and not settings.local_agent_cp_url:
+            settings.local_agent_cp_url = f"http://127.0.0.1:{port}" if host in ("", "0.0.0.0", "::") else url
         record = asyncio.run(bootstrap(settings, url))
         if record is not None:
             _announce(record, settings)

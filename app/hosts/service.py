@@ -103,7 +103,7 @@ async def create(
                     status="pending", created_by=who.user_id, created_at=now, updated_at=now, metadata_={})
         db.add(host)
         await db.flush()
-        token = await _new_registration_token(state, db, host, who)
+        token = await new_registration_token(state, db, host, who)
         await audit.record(db, who, team_id, "host", ids.encode(ids.HOST, host.id), "create",
                            scope="admin" if kind == "regular" else "team", metadata={"type": kind})
     return {"host": host_json(host), "registration_token": token}
@@ -127,9 +127,10 @@ async def _check_create_permission(
     return team_id
 
 
-async def _new_registration_token(state: AppState, db: AsyncSession, host: Host, who: Identity) -> str:
+async def new_registration_token(state: AppState, db: AsyncSession, host: Host, who: Identity | None) -> str:
     token = token_hex(32)
-    record = HostToken(id=ids.new_uuid(), host_id=host.id, created_by=who.user_id, created_at=clock.now(),
+    record = HostToken(id=ids.new_uuid(), host_id=host.id, created_by=who.user_id if who else None,
+                       created_at=clock.now(),
                        expires_at=clock.now() + timedelta(seconds=REGISTRATION_TTL))
     db.add(record)
     payload = {"host_id": ids.encode(ids.HOST, host.id), "token_id": ids.encode(ids.HOST_TOKEN, record.id)}
@@ -142,7 +143,7 @@ async def regenerate_token(state: AppState, who: Identity, host_ref: str) -> dic
         host = await _managed_host(db, who, host_ref)
         if host.status != "pending":
             raise Conflict("host is not pending; it has already registered")
-        token = await _new_registration_token(state, db, host, who)
+        token = await new_registration_token(state, db, host, who)
     return {"host": host_json(host), "registration_token": token}
 
 
