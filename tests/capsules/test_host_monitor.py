@@ -1,0 +1,52 @@
+"""Host monitor with a real agent process: kill -9 → unreachable + missing; restart → reconciled."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import httpx
+
+from tests.api.helpers import Client
+from tests.capsules.conftest import Stack
+from tests.capsules.helpers import new_capsule, run, wait_status
+
+
+async def _host_status(stack: Stack) -> str:
+    async with httpx.AsyncClient(base_url=stack.url, cookies=stack.admin_cookies) as admin:
+        return str((await admin.get(f"/v1/hosts/{stack.host_id}")).json()["status"])
+
+
+async def _wait_host(stack: Stack, wanted: str, timeout: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if await _host_status(stack) == wanted:
+            return time.monotonic() - started
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"host never became {wanted}")
+
+
+async def test_killed_agent_marks_host_unreachable_then_reconciles(sdk: Client, stack: Stack) -> None:
+    survivor = await new_capsule(sdk)
+    assert (await run(sdk, survivor, "echo ok"))["stdout"] == "ok\n"
+    stack.agent.send_signal(signal.SIGKILL)
+    stack.agent.wait(10)
+
+    # Heartbeats stop: after the dead-after window (4 s here, 90 s by default) plus a monitor tick.
+    waited = await _wait_host(stack, "unreachable", 20)
+    assert waited >= 2
+    body = (await sdk.get(f"/v1/capsules/{survivor}")).json()
+    assert body["status"] == "missing"
+    r = await sdk.post(f"/v1/capsules/{survivor}/exec", json={"cmd": "/bin/true"})
+    assert r.status_code == 409
+    r = await sdk.post("/v1/capsules", json={})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "no_hosts_available"
+
+    # The agent comes back with its saved credentials (no --register) and the host is reconciled.
+    stack.restart_agent()
+    await _wait_host(stack, "online", 30)
+    final = await wait_status(sdk, survivor, "stopped", timeout=30)  # its capsule died with the agent
+    assert final["status"] == "stopped"
+    fresh = await new_capsule(sdk)
+    assert (await run(sdk, fresh, "echo again"))["stdout"] == "again\n"
