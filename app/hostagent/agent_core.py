@@ -64,7 +64,7 @@ REFRESH_RETRY = 60.0  # after a scheduled refresh could not reach the CP
 TERMINATE_CONFIRM = 10.0  # how long to ask the CP whether the host is gone after Terminate
 TERMINATE_CONFIRM_EVERY = 0.5
 SERVER_GRACE = 2  # seconds uvicorn waits for open connections at stop
-SERVER_STOP_TIMEOUT = 10.0
+SERVER_STOP_TIMEOUT = 10
 RUNTIME_SHUTDOWN_TIMEOUT = 60.0
 EVENT_DRAIN_TIMEOUT = 5.0
 DEFAULT_PORT = 50051
@@ -287,9 +287,7 @@ class HostAgent:
         server = agent_server(build_agent_app(runtime, self._on_terminate), tls.context, host, self.port)
         # the agent handles SIGTERM/SIGINT itself (destroying capsules); keep uvicorn's handlers out
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-        # idle keep-alive connections from the CP's pool never answer the TLS close_notify, so uvicorn
-        # would wait for them; in-flight RPCs are moot anyway (the capsules are destroyed next)
-        server.config.timeout_graceful_shutdown = SERVER_GRACE
+        server.config.timeout_graceful_shutdown = SERVER_STOP_TIMEOUT  # backstop; see _stop_server
         return server
 
     def _start_helpers(self, stop_event: asyncio.Event | None) -> list[asyncio.Task[None]]:
@@ -352,14 +350,24 @@ class HostAgent:
         log.info("agent stopped")
 
     async def _stop_server(self, server: uvicorn.Server, serve_task: asyncio.Task[None]) -> None:
+        """Graceful for ``SERVER_GRACE`` s, then abort what is left: idle keep-alive connections from the
+        CP's pool never answer the TLS close_notify, and in-flight RPCs are moot (capsules go next)."""
         server.should_exit = True
-        try:
-            await asyncio.wait_for(asyncio.shield(serve_task), SERVER_STOP_TIMEOUT)
-        except TimeoutError:
+        if await self._finished(serve_task, SERVER_GRACE):
+            return
+        server.force_exit = True
+        for conn in list(server.server_state.connections):
+            transport = getattr(conn, "transport", None)
+            if transport is not None:
+                transport.abort()
+        if not await self._finished(serve_task, SERVER_STOP_TIMEOUT):
             serve_task.cancel()
             await asyncio.gather(serve_task, return_exceptions=True)
-        except Exception:  # noqa: S110 - already reported by _wait_for_stop
-            pass
+
+    @staticmethod
+    async def _finished(task: asyncio.Task[None], wait_s: float) -> bool:
+        done, _ = await asyncio.wait({task}, timeout=wait_s)
+        return bool(done)
 
     async def _host_is_gone(self) -> bool:
         """After Terminate: heartbeat until the CP says 404 (the row is deleted just after Terminate)."""

@@ -35,7 +35,7 @@ from app.core import ids
 from app.core.bootstrap import bootstrap
 from app.core.config import Settings
 from app.hostagent import tls
-from app.hostagent.agent import local_agent_command
+from app.hostagent.agent import local_agent_command, run_agent
 from app.hostagent.agent_core import AgentOptions, HostAgent
 from app.hostagent.client import AgentClient, AgentError
 from app.hostagent.proto import hostagent_pb2 as pb
@@ -534,3 +534,17 @@ async def test_spawned_local_agent_registers_and_exits_with_its_parent(cp: Contr
         parent.kill()
         with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()
+
+
+async def test_run_agent_in_process_until_stop_event(cp: ControlPlane, tmp_path: Path) -> None:
+    host_id, token = await cp.new_host()
+    port, stop = _free_port(), asyncio.Event()
+    task = asyncio.create_task(run_agent(cp.url, f"127.0.0.1:{port}", tmp_path / "inproc", token,
+                                         stop_event=stop, heartbeat_interval=0.3))
+    try:
+        await _heartbeat_advances(cp, host_id)
+        assert list((await _rpc_list(cp, port)).sandboxes) == []
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, 30) == 0
+    assert (tmp_path / "inproc" / "host-credentials.json").exists()
