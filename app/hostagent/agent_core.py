@@ -455,7 +455,7 @@ class HostAgent:
         if self.runtime is None:
             return
         try:
-            infos = await self.runtime.list()
+            infos = await self.runtime.list_sandboxes()
         except Exception:
             log.exception("cannot list sandboxes to pause them")
             return

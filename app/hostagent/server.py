@@ -207,7 +207,7 @@ class AgentService:
         return pb.PingSandboxResponse()
 
     async def ListSandboxes(self, req: pb.ListSandboxesRequest, ctx: RequestContext) -> pb.ListSandboxesResponse:
-        infos = await self.rt.list()
+        infos = await self.rt.list_sandboxes()
         return pb.ListSandboxesResponse(
             sandboxes=[_sandbox_info(s) for s in infos],
             auto_paused_sandbox_ids=self.rt.drain_auto_paused(),

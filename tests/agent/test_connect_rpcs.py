@@ -58,7 +58,7 @@ class RecordingRuntime:
     async def ping(self, sid: str) -> None:
         self._rec("ping", sid)
 
-    async def list(self) -> list[SandboxInfo]:
+    async def list_sandboxes(self) -> list[SandboxInfo]:
         return [INFO]
 
     def drain_auto_paused(self) -> list[str]:

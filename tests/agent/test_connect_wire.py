@@ -82,7 +82,7 @@ class HostDirRuntime:
     async def ping(self, sandbox_id: str) -> None:
         self._root(sandbox_id)
 
-    async def list(self) -> list[SandboxInfo]:
+    async def list_sandboxes(self) -> list[SandboxInfo]:
         return list(self.boxes.values())
 
     def drain_auto_paused(self) -> list[str]:

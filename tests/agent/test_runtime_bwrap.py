@@ -52,7 +52,7 @@ async def test_create_exec_destroy_leaves_nothing(bwrap_rt: BwrapRuntime) -> Non
     assert len(pids) >= 3
 
     await bwrap_rt.destroy(sid)
-    assert sid not in [s.sandbox_id for s in await bwrap_rt.list()]
+    assert sid not in [s.sandbox_id for s in await bwrap_rt.list_sandboxes()]
     assert not [p for p in [init_pid, *pids] if Path(f"/proc/{p}").exists()]
     assert not any(d.exists() for d in cg_dirs)
     assert not cap_dir.exists()
@@ -77,7 +77,7 @@ async def test_identity_user_sudo_hostname(bwrap_rt: BwrapRuntime, capsule: str)
 async def test_list_ping_pause_resume_info(bwrap_rt: BwrapRuntime, capsule: str) -> None:
     await bwrap_rt.ping(capsule)
     await bwrap_rt.pause(capsule)
-    assert {s.sandbox_id: s.status for s in await bwrap_rt.list()}[capsule] == "paused"
+    assert {s.sandbox_id: s.status for s in await bwrap_rt.list_sandboxes()}[capsule] == "paused"
     with pytest.raises(FailedPrecondition):
         await bwrap_rt.exec(capsule, "true", [], 5, {}, "")
     with pytest.raises(FailedPrecondition):

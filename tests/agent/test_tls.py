@@ -24,7 +24,7 @@ from app.hostagent.server import AgentThread, build_agent_app
 
 
 class StubRuntime:
-    async def list(self) -> list:
+    async def list_sandboxes(self) -> list:
         return []
 
     def drain_auto_paused(self) -> list[str]:

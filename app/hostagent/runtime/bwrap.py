@@ -524,7 +524,7 @@ class BwrapRuntime:
     async def ping(self, sandbox_id: str) -> None:
         self._running(sandbox_id)
 
-    async def list(self) -> list[SandboxInfo]:
+    async def list_sandboxes(self) -> list[SandboxInfo]:
         return [self._info(c) for c in self._caps.values()]
 
     def drain_auto_paused(self) -> list[str]:
