@@ -22,6 +22,7 @@ from app.auth.oauth_router import router as oauth_router
 from app.auth.router import router as auth_router
 from app.capsules import service as capsule_service
 from app.capsules.router import router as capsules_router
+from app.capsules.ws import router as capsules_ws_router
 from app.core.config import Settings
 from app.core.db import make_engine, make_sessionmaker
 from app.core.http import BodyGuardMiddleware, ORJSONResponse, install_error_handlers
@@ -100,7 +101,7 @@ def create_app(settings: Settings) -> FastAPI:
         return response
 
     for router in (auth_router, oauth_router, accounts_router, apikeys_router, teams_router, admin_router,
-                   hosts_router, capsules_router):
+                   hosts_router, capsules_router, capsules_ws_router):
         app.include_router(router)
     _misc_routes(app)
     app.add_middleware(BodyGuardMiddleware, json_limit=settings.max_json_body_bytes)

@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     # Set by ``wrenn-cp serve`` (embedded mode): the URL its local agent registers with.
     local_agent_cp_url: str = Field("", validation_alias=AliasChoices("WRENN_LOCAL_AGENT_CP_URL"))
     max_json_body_bytes: int = Field(1 << 20, validation_alias=AliasChoices("WRENN_MAX_JSON_BODY"))
+    # PTY WebSocket keepalive ({"type":"ping"}) interval; the SDK expects one every 30 s.
+    pty_ping_interval_sec: float = Field(30, validation_alias=AliasChoices("WRENN_PTY_PING_INTERVAL"))
+    # Per-capsule port proxy: refuse requests without X-API-Key / session (401). False = reference behaviour
+    # (the capsule ID is the only secret; a key or session that *is* sent must still be valid).
+    proxy_require_auth: bool = Field(True, validation_alias=AliasChoices("WRENN_PROXY_REQUIRE_AUTH"))
 
     @property
     def production(self) -> bool:
