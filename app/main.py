@@ -14,15 +14,21 @@ from starlette.responses import Response
 
 from app import __version__
 from app.accounts.router import router as accounts_router
+from app.admin.capsules_router import router as admin_capsules_router
 from app.admin.router import router as admin_router
+from app.admin.templates_router import router as admin_templates_router
 from app.apikeys.router import router as apikeys_router
+from app.audit.router import router as audit_router
 from app.auth import sessions
 from app.auth.deps import SessionExpired
 from app.auth.oauth_router import router as oauth_router
 from app.auth.router import router as auth_router
 from app.capsules import service as capsule_service
+from app.capsules import usage as capsule_usage
 from app.capsules.router import router as capsules_router
 from app.capsules.ws import router as capsules_ws_router
+from app.channels import delivery as channel_delivery
+from app.channels.router import router as channels_router
 from app.core.config import Settings
 from app.core.db import make_engine, make_sessionmaker
 from app.core.http import BodyGuardMiddleware, ORJSONResponse, install_error_handlers
@@ -30,9 +36,12 @@ from app.core.leader import LeaderLoop
 from app.core.mail import Mailer
 from app.core.redis import make_redis
 from app.core.state import AppState
+from app.events import hub as event_hub
+from app.events.router import router as events_router
 from app.hosts import agents, local_agent
 from app.hosts import monitor as host_monitor
 from app.hosts.router import router as hosts_router
+from app.snapshots.router import router as snapshots_router
 from app.teams.router import router as teams_router
 
 log = logging.getLogger("wrenn")
@@ -41,7 +50,9 @@ SPEC_PATH = Path(__file__).resolve().parents[1] / "openapi" / "wrenn-openapi-0.2
 
 # Domains that own resources add (start, stop) callables here, in start order.
 Lifecycle = tuple[Callable[[AppState], Awaitable[None]], Callable[[AppState], Awaitable[None]]]
-LIFECYCLE: list[Lifecycle] = [(agents.start, agents.stop), (local_agent.start, local_agent.stop)]
+# Per process (not leader-elected): the SSE stream reader, and the channel dispatcher's consumer.
+LIFECYCLE: list[Lifecycle] = [(agents.start, agents.stop), (event_hub.start, event_hub.stop),
+                              (channel_delivery.start, channel_delivery.stop), (local_agent.start, local_agent.stop)]
 
 
 def background_loops(state: AppState) -> list[LeaderLoop]:
@@ -51,11 +62,19 @@ def background_loops(state: AppState) -> list[LeaderLoop]:
         LeaderLoop(state.engine, "host-monitor", s.monitor_interval_sec, lambda: host_monitor.tick(state)),
         LeaderLoop(state.engine, "session-cleaner", s.session_cleanup_interval_sec,
                    lambda: _purge_sessions(state)),
+        LeaderLoop(state.engine, "metrics-sampler", capsule_usage.SAMPLE_INTERVAL_SEC,
+                   lambda: _sample_metrics(state)),
+        LeaderLoop(state.engine, "usage-rollup", capsule_usage.ROLLUP_INTERVAL_SEC,
+                   lambda: capsule_usage.rollup(state)),
     ]
 
 
 async def _purge_sessions(state: AppState) -> None:
     await sessions.purge_expired(state)
+
+
+async def _sample_metrics(state: AppState) -> None:
+    await capsule_usage.sample(state)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -103,7 +122,13 @@ def create_app(settings: Settings) -> FastAPI:
     for router in (auth_router, oauth_router, accounts_router, apikeys_router, teams_router, admin_router,
                    hosts_router, capsules_router, capsules_ws_router):
         app.include_router(router)
+    for router in (snapshots_router, admin_capsules_router, admin_templates_router):
+        app.include_router(router)
+    for router in (events_router, audit_router, channels_router):
+        app.include_router(router)
     _misc_routes(app)
+    if settings.bench_endpoints:
+        _bench_routes(app)
     app.add_middleware(BodyGuardMiddleware, json_limit=settings.max_json_body_bytes)
     return app
 
@@ -122,6 +147,21 @@ def _misc_routes(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
         return HTMLResponse(_SWAGGER_HTML)
+
+
+def _bench_routes(app: FastAPI) -> None:
+    """The floor for the GET benchmark: one indexed query, no auth, same app and serializer."""
+    from sqlalchemy import select
+
+    from app.capsules.models import Capsule
+    from app.core import ids
+    from app.core.state import get_state
+
+    @app.get("/v1/_bench/floor/{capsule_id}", include_in_schema=False)
+    async def floor(capsule_id: str, request: Request) -> dict[str, Any]:
+        async with get_state(request).db() as db:
+            row = await db.scalar(select(Capsule).where(Capsule.id == ids.decode(ids.CAPSULE, capsule_id)))
+        return {"id": capsule_id, "status": row.status if row else None}
 
 
 _SWAGGER_HTML = """<!doctype html><html><head><title>Wrenn API</title>

@@ -79,7 +79,20 @@ class Settings(BaseSettings):
     session_cleanup_interval_sec: float = Field(900, validation_alias=AliasChoices("WRENN_SESSION_CLEANUP_INTERVAL"))
     # Set by ``wrenn-cp serve`` (embedded mode): the URL its local agent registers with.
     local_agent_cp_url: str = Field("", validation_alias=AliasChoices("WRENN_LOCAL_AGENT_CP_URL"))
+    bench_endpoints: bool = Field(False, validation_alias=AliasChoices("WRENN_BENCH_ENDPOINTS"))
     max_json_body_bytes: int = Field(1 << 20, validation_alias=AliasChoices("WRENN_MAX_JSON_BODY"))
+    # Events (SSE): keepalive comment interval, per-subscriber buffer (a subscriber that falls this far
+    # behind is cut off and resumes with Last-Event-ID), and the longest a single write may block.
+    sse_keepalive_sec: float = Field(30, validation_alias=AliasChoices("WRENN_SSE_KEEPALIVE"))
+    sse_buffer_events: int = Field(256, validation_alias=AliasChoices("WRENN_SSE_BUFFER"))
+    sse_send_timeout_sec: float = Field(60, validation_alias=AliasChoices("WRENN_SSE_SEND_TIMEOUT"))
+    # Notification channels: delays between delivery attempts (attempts = len + 1), per-attempt timeout,
+    # and whether targets may be private/loopback addresses (SSRF guard off).
+    channel_retry_delays_sec: list[float] = Field(
+        default_factory=lambda: [10.0, 30.0, 120.0], validation_alias=AliasChoices("WRENN_CHANNEL_RETRY_DELAYS")
+    )
+    channel_timeout_sec: float = Field(10, validation_alias=AliasChoices("WRENN_CHANNEL_TIMEOUT"))
+    channels_allow_private: bool = Field(False, validation_alias=AliasChoices("WRENN_CHANNELS_ALLOW_PRIVATE"))
     # PTY WebSocket keepalive ({"type":"ping"}) interval; the SDK expects one every 30 s.
     pty_ping_interval_sec: float = Field(30, validation_alias=AliasChoices("WRENN_PTY_PING_INTERVAL"))
     # Per-capsule port proxy: refuse requests without X-API-Key / session (401). False = reference behaviour
