@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
@@ -78,6 +79,8 @@ from app.hostagent.runtime.base import (
     SandboxInfo,
     SandboxNotFound,
 )
+
+log = logging.getLogger("wrenn.runtime")
 
 ZERO_UUID = "00000000-0000-0000-0000-000000000000"
 BASE = templates.SUBID_BASE
@@ -245,8 +248,25 @@ class BwrapRuntime:
         if not self._firewall_done:
             self._firewall_done = True
             self.nat_status = _net.setup_host_firewall() if self._firewall_wanted else "disabled"
+            self._reap_leftovers()
         if self._bg_task is None or self._bg_task.done():
             self._bg_task = asyncio.get_running_loop().create_task(self._background())
+
+    def _reap_leftovers(self) -> None:
+        """A previous run of this agent that was killed (-9, OOM, power loss) leaves capsule dirs and
+        cgroups behind; its capsules died with it. Only this runtime's own data dir is considered, so
+        other agents on the same machine are never touched."""
+        root = self.data_dir / "capsules"
+        if not root.is_dir():
+            return
+        for entry in root.iterdir():
+            if not entry.is_dir() or entry.name in self._caps or not _ID_RE.match(entry.name):
+                continue
+            cg = CgroupSet(entry.name)
+            cg.kill_all()
+            cg.remove()
+            shutil.rmtree(entry, ignore_errors=True)
+            log.info("removed leftovers of %s from a previous run", entry.name)
 
     # ------------------------------------------------------------------ lifecycle
     async def create(self, spec: CreateSpec) -> SandboxInfo:
