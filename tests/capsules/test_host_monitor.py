@@ -30,8 +30,14 @@ async def _wait_host(stack: Stack, wanted: str, timeout: float) -> float:
 async def test_killed_agent_marks_host_unreachable_then_reconciles(sdk: Client, stack: Stack) -> None:
     survivor = await new_capsule(sdk)
     assert (await run(sdk, survivor, "echo ok"))["stdout"] == "ok\n"
+    # An exec in flight when the agent dies gets a clean error envelope, not a hang or a 500.
+    in_flight = asyncio.create_task(sdk.post(f"/v1/capsules/{survivor}/exec",
+                                             json={"cmd": "/bin/sh", "args": ["-c", "sleep 30"]}))
+    await asyncio.sleep(0.5)
     stack.agent.send_signal(signal.SIGKILL)
     stack.agent.wait(10)
+    r = await asyncio.wait_for(in_flight, 15)
+    assert r.status_code in (502, 503) and r.json()["error"]["code"] in ("agent_error", "host_unavailable")
 
     # Heartbeats stop: after the dead-after window (4 s here, 90 s by default) plus a monitor tick.
     waited = await _wait_host(stack, "unreachable", 20)
