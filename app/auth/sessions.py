@@ -32,9 +32,8 @@ CSRF_COOKIE = "wrenn_csrf"
 
 
 def client_ip(conn: HTTPConnection) -> str:
-    forwarded = conn.headers.get("x-forwarded-for")
-    if forwarded:
-        return forwarded.split(",")[0].strip()
+    """The peer address. X-Forwarded-For is honoured by uvicorn only from trusted proxies
+    (WRENN_TRUSTED_PROXIES), so a client cannot pick its own IP to dodge throttling."""
     return conn.client.host if conn.client else ""
 
 

@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     session_cleanup_interval_sec: float = Field(900, validation_alias=AliasChoices("WRENN_SESSION_CLEANUP_INTERVAL"))
     # Set by ``wrenn-cp serve`` (embedded mode): the URL its local agent registers with.
     local_agent_cp_url: str = Field("", validation_alias=AliasChoices("WRENN_LOCAL_AGENT_CP_URL"))
+    trusted_proxies: str = Field("127.0.0.1", validation_alias=AliasChoices("WRENN_TRUSTED_PROXIES"))
     bench_endpoints: bool = Field(False, validation_alias=AliasChoices("WRENN_BENCH_ENDPOINTS"))
     max_json_body_bytes: int = Field(1 << 20, validation_alias=AliasChoices("WRENN_MAX_JSON_BODY"))
     # Events (SSE): keepalive comment interval, per-subscriber buffer (a subscriber that falls this far

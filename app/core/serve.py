@@ -94,7 +94,7 @@ def _serve_http(settings: Settings, host: str, port: int) -> None:
         timeout_keep_alive=620,
         timeout_graceful_shutdown=30,
         proxy_headers=True,
-        forwarded_allow_ips="*",
+        forwarded_allow_ips=settings.trusted_proxies,
         access_log=False,
     )
     uvicorn.Server(config).run()

@@ -201,3 +201,15 @@ async def test_admin_team_operations(platform: Platform) -> None:
     # The owner's session lost its team; team routes now say so.
     assert (await owner.get("/v1/api-keys")).json()["error"]["code"] == "no_team"
     assert (await owner.get("/v1/teams")).json() == []
+
+
+async def test_ip_throttle_ignores_spoofed_forwarded_for(platform: Platform) -> None:
+    platform.settings.login_max_failures_per_ip = 5
+    attacker = platform.client()
+    for n in range(5):
+        r = await attacker.post("/v1/auth/login", json={"email": f"victim{n}@example.com", "password": "guess!!!!"},
+                                headers={"X-Forwarded-For": f"203.0.113.{n}"})
+        assert r.status_code == 401
+    r = await attacker.post("/v1/auth/login", json={"email": "another@example.com", "password": "guess!!!!"},
+                            headers={"X-Forwarded-For": "198.51.100.7"})
+    assert r.status_code == 429
