@@ -31,7 +31,7 @@ class Services:
         for sql in statements:
             subprocess.run(
                 [str(pg.bin / "psql"), "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "-q", "-c", sql],
-                check=True, capture_output=True, **pg._as_owner(),  # type: ignore[call-overload]
+                check=True, capture_output=True, **pg._as_owner(),
             )
 
     def fresh_database(self) -> str:

@@ -204,7 +204,7 @@ async def invalidate_user_cache(state: AppState, user_id: uuid.UUID) -> None:
 
 async def _drop_caches(state: AppState, user_id: uuid.UUID, hashes: list[str]) -> None:
     members = await state.redis.smembers(user_sessions_key(str(user_id)))
-    keys = {session_key(h) for h in (*hashes, *members)}
+    keys = {session_key(str(h)) for h in (*hashes, *members)}
     if keys:
         await state.redis.delete(*keys)
     await state.redis.delete(user_sessions_key(str(user_id)))

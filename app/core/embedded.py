@@ -17,6 +17,7 @@ import stat
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -78,7 +79,7 @@ class EmbeddedPostgres:
             **self._as_owner(),
         )
 
-    def _as_owner(self) -> dict[str, object]:
+    def _as_owner(self) -> dict[str, Any]:
         """Run as the postgres system user, from a directory it can enter (initdb checks its cwd)."""
         if not self.user:
             return {}
@@ -123,11 +124,11 @@ class EmbeddedPostgres:
         psql = [str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-tA"]
         found = subprocess.run(
             [*psql, "-c", f"SELECT 1 FROM pg_database WHERE datname = '{name}'"],
-            check=True, capture_output=True, text=True, **self._as_owner(),  # type: ignore[call-overload]
+            check=True, capture_output=True, text=True, **self._as_owner(),
         ).stdout.strip()
         if found != "1":
             subprocess.run([*psql, "-c", f'CREATE DATABASE "{name}"'], check=True, capture_output=True,
-                           **self._as_owner())  # type: ignore[call-overload]
+                           **self._as_owner())
 
     def stop_stale(self) -> None:
         """A previous run that died without stopping leaves a live postmaster: stop it first."""
