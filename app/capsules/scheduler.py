@@ -3,15 +3,18 @@ creates cannot both take the last free slot."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import case, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.capsules.models import Capsule
+from app.core import ids
 from app.core.errors import ApiError
 from app.core.leader import lock_key
 from app.hosts.models import Host
+from app.snapshots.models import Template
 
 SCHEDULER_LOCK = lock_key("capsule-scheduler")
 
@@ -53,17 +56,31 @@ async def _loads(db: AsyncSession, host_ids: list[object]) -> dict[object, Load]
     return {h: Load(float(c or 0), float(m or 0), float(d or 0)) for h, c, m, d in rows.all()}
 
 
+def template_host(template: Template) -> uuid.UUID | None:
+    """The host that holds a snapshot template's files (``metadata.host_id``), or None when every host
+    has it (the built-in ``minimal``)."""
+    value = (template.metadata_ or {}).get("host_id")
+    return ids.try_decode(ids.HOST, value) if isinstance(value, str) else None
+
+
 def _fraction(free: float, total: float) -> float:
     return free / total if total > 0 else 0.0
 
 
-async def pick_host(db: AsyncSession, team_id: object, byoc: bool, memory_mb: int) -> Host:
-    """Choose a host inside the caller's transaction; the lock is held until it commits."""
+async def pick_host(
+    db: AsyncSession, team_id: object, byoc: bool, memory_mb: int, only_host: uuid.UUID | None = None
+) -> Host:
+    """Choose a host inside the caller's transaction; the lock is held until it commits.
+    ``only_host``: the template's files live on that host alone (a snapshot), so it is the only candidate."""
     await db.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEDULER_LOCK})
     query = select(Host).where(Host.status == "online", Host.address != "").order_by(Host.created_at)
     pool = (Host.type == "byoc", Host.team_id == team_id) if byoc else (Host.type == "regular",)
     query = query.where(*pool)
+    if only_host is not None:
+        query = query.where(Host.id == only_host)
     hosts = list(await db.scalars(query))
+    if not hosts and only_host is not None:
+        raise NoHosts("the host that holds this template is not available")
     if not hosts:
         kind = "BYOC" if byoc else "platform"
         raise NoHosts(f"no online {kind} hosts available" + (" for team" if byoc else ""))

@@ -157,7 +157,7 @@ async def resolve_template(db: AsyncSession, team_id: uuid.UUID, name: str) -> T
 
 
 async def create(
-    state: AppState, who: Identity, spec: dict[str, Any], team_id: uuid.UUID | None = None
+    state: AppState, who: Identity, spec: dict[str, Any], team_id: uuid.UUID | None = None, scope: str = "team"
 ) -> dict[str, Any]:
     team_id = team_id or who.team_id
     assert team_id is not None
@@ -171,7 +171,8 @@ async def create(
         if template.type == "snapshot":
             vcpus, memory_mb = template.vcpus, template.memory_mb
         team = await db.get(Team, team_id)
-        host = await scheduler.pick_host(db, team_id, bool(team and team.is_byoc), memory_mb)
+        host = await scheduler.pick_host(db, team_id, bool(team and team.is_byoc), memory_mb,
+                                         only_host=scheduler.template_host(template))
         now = clock.now()
         capsule = Capsule(
             id=ids.new_uuid(), team_id=team_id, host_id=host.id, template=template.name, status="starting",
@@ -181,7 +182,7 @@ async def create(
         )
         db.add(capsule)
         await audit.record(db, who, team_id, "sandbox", ids.encode(ids.CAPSULE, capsule.id), "create",
-                           metadata={"template": template.name})
+                           metadata={"template": template.name}, scope=scope)
     await _publish_change(state, capsule, "", "starting")
     await _publish(state, capsule, "create", "success", who=who, metadata={"template": template.name})
     request = pb.CreateSandboxRequest(
@@ -345,17 +346,21 @@ async def _finish_resume(state: AppState, capsule: Capsule) -> None:
         await _publish(state, capsule, "resume", "success", metadata={"host_ip": reply.host_ip})
 
 
-async def destroy(state: AppState, who: Identity | None, ref: str) -> dict[str, Any]:
+async def destroy(
+    state: AppState, who: Identity | None, ref: str, *, actor: Identity | None = None, scope: str = "team"
+) -> dict[str, Any]:
+    """``who`` scopes the lookup (None: any team, admin routes); ``actor`` (default ``who``) is audited."""
+    actor = actor or who
     async with state.db() as db, db.begin():
         capsule = await load(db, who, ref, lock=True)
         before = capsule.status
         if before in TERMINAL or before == "stopping":
             return capsule_json(capsule)  # idempotent: the SDK may send DELETE twice
         await cas(db, capsule.id, (before,), "stopping")
-        await audit.record(db, who, capsule.team_id, "sandbox", ref, "destroy")
+        await audit.record(db, actor, capsule.team_id, "sandbox", ref, "destroy", scope=scope)
         capsule.status = "stopping"
     await _publish_change(state, capsule, before, "stopping")
-    await _publish(state, capsule, "destroy", "success", who=who)
+    await _publish(state, capsule, "destroy", "success", who=actor)
     spawn(state, _finish_destroy(state, capsule, before), f"destroy:{capsule.id}")
     return capsule_json(capsule)
 
