@@ -41,6 +41,7 @@ from app.events.router import router as events_router
 from app.hosts import agents, local_agent
 from app.hosts import monitor as host_monitor
 from app.hosts.router import router as hosts_router
+from app.proxy.middleware import PortProxyMiddleware
 from app.snapshots.router import router as snapshots_router
 from app.teams.router import router as teams_router
 
@@ -130,6 +131,7 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.bench_endpoints:
         _bench_routes(app)
     app.add_middleware(BodyGuardMiddleware, json_limit=settings.max_json_body_bytes)
+    app.add_middleware(PortProxyMiddleware)  # outermost: proxy hosts never reach routing or the body guard
     return app
 
 
