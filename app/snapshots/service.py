@@ -38,7 +38,10 @@ log = logging.getLogger("wrenn.snapshots")
 
 SNAPSHOT_LIMIT = 300  # seconds; the RPC continues even if the client disconnects
 SIZE_LIMIT = 10.0
+SIZE_RETRY = 60.0
 DELETE_LIMIT = 30.0
+RETIRE_POLL = 2.0
+RETIRE_WAIT = 7 * 24 * 3600.0
 HOST_KEY = "host_id"
 MINIMAL = ids.ZERO_UUID
 TYPES = ("base", "snapshot")
@@ -135,9 +138,33 @@ async def _delete_files(state: AppState, team_id: uuid.UUID, template_id: uuid.U
     await asyncio.gather(*(one(h) for h in await _online_hosts(state)))
 
 
+async def _in_use(state: AppState, template_id: uuid.UUID) -> int:
+    async with state.db() as db:
+        return int(await db.scalar(
+            select(func.count()).select_from(Capsule)
+            .where(Capsule.template_id == template_id, Capsule.status.not_in(TERMINAL))
+        ) or 0)
+
+
+async def _retire_files(state: AppState, team_id: uuid.UUID, template_id: uuid.UUID) -> None:
+    """Delete a removed template's files, but only once no live capsule runs on them: a capsule's rootfs is
+    an overlay whose lower layer *is* the template directory, so deleting it under a capsule would corrupt
+    that capsule. If capsules still use it after ``RETIRE_WAIT``, the files are left (leaked, not broken)."""
+    deadline = clock.monotonic() + RETIRE_WAIT
+    while await _in_use(state, template_id):
+        if clock.monotonic() > deadline:
+            log.warning("template %s/%s still in use; its files are left on the hosts", team_id, template_id)
+            return
+        await asyncio.sleep(RETIRE_POLL)
+    await _delete_files(state, team_id, template_id)
+
+
 async def fill_sizes(state: AppState, templates: list[Template]) -> None:
     """Templates recorded with size 0 (built-in, builds): ask a host (``GetTemplateSize``) and cache it."""
-    missing = [t for t in templates if t.size_bytes <= 0]
+    # A template whose host cannot tell (files not built there yet) is not asked again for a minute.
+    unknown: dict[uuid.UUID, float] = state.extras.setdefault("template_size_unknown", {})
+    now = clock.monotonic()
+    missing = [t for t in templates if t.size_bytes <= 0 and now - unknown.get(t.id, -SIZE_RETRY) >= SIZE_RETRY]
     if not missing:
         return
     hosts = await _online_hosts(state)
@@ -156,6 +183,7 @@ async def fill_sizes(state: AppState, templates: list[Template]) -> None:
                                            SIZE_LIMIT)
         except (AgentError, TimeoutError) as exc:
             log.info("GetTemplateSize %s on %s failed: %s", t.name, host.id, exc)
+            unknown[t.id] = clock.monotonic()
             return
         if reply.size_bytes > 0:
             t.size_bytes = reply.size_bytes
@@ -254,7 +282,7 @@ async def _snapshot(
         capsules.spawn(state, _delete_files(state, owner, template_id), f"snapshot-cleanup:{template_id}")
         raise NameTaken(f"a template named {name!r} already exists") from exc
     if replaced is not None:
-        capsules.spawn(state, _delete_files(state, *replaced), f"snapshot-replace:{replaced[1]}")
+        capsules.spawn(state, _retire_files(state, *replaced), f"snapshot-replace:{replaced[1]}")
     await _publish(state, "create", owner, name, who, metadata={"sandbox_id": target.ref})
     return template_json(template)
 
@@ -293,7 +321,10 @@ async def delete(state: AppState, who: Identity, name: str) -> None:
         await db.delete(own)
         await audit.record(db, who, who.team_id, "snapshot", name, "delete", status="warning",
                            metadata={"type": own.type})
-    await _delete_files(state, who.team_id, template_id)
+    if await _in_use(state, template_id):
+        capsules.spawn(state, _retire_files(state, who.team_id, template_id), f"snapshot-retire:{template_id}")
+    else:
+        await _delete_files(state, who.team_id, template_id)
     await _publish(state, "delete", who.team_id, name, who)
 
 
@@ -323,11 +354,7 @@ async def admin_delete(state: AppState, who: Identity, name: str) -> None:
             raise NotFound(f"platform template {name!r} not found")
         if template.id == MINIMAL:
             raise Forbidden("the built-in minimal template cannot be deleted")
-        in_use = await db.scalar(
-            select(func.count()).select_from(Capsule)
-            .where(Capsule.template_id == template.id, Capsule.status.not_in(TERMINAL))
-        )
-        if in_use:
+        if in_use := await _in_use(state, template.id):
             raise Conflict(f"template {name!r} is used by {in_use} capsule(s); destroy them first")
         template_id = template.id
         await db.delete(template)

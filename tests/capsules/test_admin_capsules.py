@@ -3,6 +3,8 @@ capsules of every team, create in the platform team, produce platform templates,
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -35,9 +37,6 @@ async def db(stack: Stack) -> AsyncIterator[Any]:
 
 
 async def _admin_wait(admin: Client, capsule_id: str, wanted: str) -> dict[str, Any]:
-    import asyncio
-    import time
-
     deadline = time.monotonic() + 30
     body: dict[str, Any] = {}
     while time.monotonic() < deadline:

@@ -35,7 +35,7 @@ async def _events(stack: Stack, name: str) -> list[dict[str, Any]]:
 
     redis = Redis.from_url(stack.settings.redis_url)
     try:
-        entries = await redis.xrange("wrenn:events")
+        entries: list[Any] = list(await redis.xrange("wrenn:events") or [])
     finally:
         await redis.aclose()
     found = [orjson.loads(fields[b"payload"]) for _, fields in entries]
@@ -98,18 +98,34 @@ async def test_snapshot_roundtrip_overwrite_and_delete(sdk: Client, stack: Stack
         rows = list(await session.scalars(select(Template).where(Template.name == "snap-a")))
     assert len(rows) == 1 and rows[0].id != old_id
     assert rows[0].metadata_["host_id"] == stack.host_id
-    deadline = time.monotonic() + 15
-    while old_dir.exists() and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    assert not old_dir.exists(), "the overwritten template's files are deleted on the host"
     newer = await new_capsule(sdk, template="snap-a")
     assert (await run(sdk, newer, "cat /home/wrenn-user/marker.txt"))["stdout"] == "version-2\n"
+    # the old files are the lower layer of `child`, which still runs: they stay until it is gone
+    await asyncio.sleep(2.5)
+    assert old_dir.is_dir()
+    assert (await run(sdk, child, "cat /home/wrenn-user/marker.txt; ls /usr/bin | wc -l"))["stdout"].startswith(
+        "version-1\n")
+    assert (await sdk.delete(f"/v1/capsules/{child}")).status_code == 202
+    await wait_status(sdk, child, "stopped")
+    deadline = time.monotonic() + 15
+    for _ in range(150):  # removed in the background once no capsule uses them
+        if not old_dir.exists() or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert not old_dir.exists(), "the overwritten template's files are deleted on the host"
 
-    # delete: gone from the list, from disk, and no longer usable
+    # delete: gone from the list and no longer usable; the files go once `newer` (built on them) is gone
     new_dir = agent_templates.default_templates_dir() / str(team_uuid) / str(rows[0].id)
     r = await sdk.delete("/v1/snapshots/snap-a")
     assert r.status_code == 204, r.text
     assert "snap-a" not in [t["name"] for t in (await sdk.get("/v1/snapshots")).json()]
+    assert new_dir.is_dir() and (await run(sdk, newer, "cat /home/wrenn-user/marker.txt"))["exit_code"] == 0
+    assert (await sdk.delete(f"/v1/capsules/{newer}")).status_code == 202
+    await wait_status(sdk, newer, "stopped")
+    for _ in range(150):
+        if not new_dir.exists():
+            break
+        await asyncio.sleep(0.1)
     assert not new_dir.exists()
     r = await sdk.post("/v1/capsules", json={"template": "snap-a"})
     assert r.status_code == 404 and _error(r) == "not_found"
@@ -127,8 +143,20 @@ async def test_snapshot_roundtrip_overwrite_and_delete(sdk: Client, stack: Stack
             .order_by(AuditLog.created_at))]
     assert actions == [("create", "success", "team"), ("create", "success", "team"), ("delete", "warning", "team")]
 
-    for capsule_id in (source, child, newer):
-        await sdk.delete(f"/v1/capsules/{capsule_id}")
+    await sdk.delete(f"/v1/capsules/{source}")
+
+
+async def test_delete_without_users_removes_files_at_once(sdk: Client, stack: Stack, db: Any) -> None:
+    source = await new_capsule(sdk)
+    r = await _snapshot(sdk, source, "short-lived")
+    assert r.status_code == 201, r.text
+    async with db() as session:
+        template = await session.scalar(select(Template).where(Template.name == "short-lived"))
+    directory = agent_templates.default_templates_dir() / str(template.team_id) / str(template.id)
+    assert directory.is_dir()
+    assert (await sdk.delete("/v1/snapshots/short-lived")).status_code == 204
+    assert not directory.exists()
+    await sdk.delete(f"/v1/capsules/{source}")
 
 
 async def test_snapshot_rules(sdk: Client, stack: Stack, live: Platform) -> None:

@@ -116,8 +116,9 @@ async def test_daily_usage(live: Platform, cp: AppState) -> None:
     async with cp.db() as db, db.begin():
         for days in (1, 2):
             for i in range(6):
-                db.add(MetricsSnapshot(team_id=team, sampled_at=midnight - timedelta(days=days, hours=-1, seconds=-10 * i),
-                                       running_count=1, vcpus_reserved=2, memory_mb_reserved=1024))
+                at = midnight - timedelta(days=days) + timedelta(hours=1, seconds=10 * i)
+                db.add(MetricsSnapshot(team_id=team, sampled_at=at, running_count=1, vcpus_reserved=2,
+                                       memory_mb_reserved=1024))
     await usage.rollup(cp)
     await usage.rollup(cp)  # idempotent
     async with cp.db() as db:
