@@ -130,12 +130,17 @@ def attach_request(ref: str, message: dict[str, Any]) -> pb.PtyAttachRequest | s
 # --- agent → client ------------------------------------------------------------------------------
 
 
-async def pump_output(ch: Channel, events: AsyncIterator[pb.PtyAttachResponse], tag: str) -> None:
-    """started/output/exited → JSON ``started``, binary output, JSON ``exit``; failures are fatal errors."""
+async def pump_output(ch: Channel, events: AsyncIterator[pb.PtyAttachResponse], tag: str,
+                      ready: asyncio.Event) -> None:
+    """started/output/exited → JSON ``started``, binary output, JSON ``exit``; failures are fatal errors.
+
+    ``ready`` is set once the process exists (its ``started`` event), so queued input can be applied.
+    """
     try:
         async with contextlib.aclosing(events) as stream:  # type: ignore[type-var]
             async for event in stream:
                 kind = event.WhichOneof("event")
+                ready.set()
                 if kind == "started":
                     await ch.json({"type": "started", "tag": event.started.tag or tag, "pid": event.started.pid})
                 elif kind == "output" and event.output.data:
@@ -224,8 +229,9 @@ class Rpcs:
         await asyncio.wait_for(call, RPC_LIMIT)
 
 
-async def apply_requests(ch: Channel, queue: InputQueue, rpcs: Rpcs) -> None:
-    """Run queued requests in order until the queue is closed and drained."""
+async def apply_requests(ch: Channel, queue: InputQueue, rpcs: Rpcs, ready: asyncio.Event) -> None:
+    """Run queued requests in order, once the process exists, until the queue is closed and drained."""
+    await ready.wait()  # input typed right after ``start`` must wait for the process, not be lost
     while (item := await queue.get()) is not None:
         try:
             await rpcs.apply(item)
@@ -236,8 +242,8 @@ async def apply_requests(ch: Channel, queue: InputQueue, rpcs: Rpcs) -> None:
             await _notify(ch, f"{item.kind} failed: {text}")
 
 
-async def client_side(ch: Channel, queue: InputQueue, rpcs: Rpcs) -> None:
-    await asyncio.gather(read_client(ch, queue), apply_requests(ch, queue, rpcs))
+async def client_side(ch: Channel, queue: InputQueue, rpcs: Rpcs, ready: asyncio.Event) -> None:
+    await asyncio.gather(read_client(ch, queue), apply_requests(ch, queue, rpcs, ready))
 
 
 # --- the session ---------------------------------------------------------------------------------
@@ -252,12 +258,15 @@ async def pty_body(ch: Channel, target: service.Target, ping_interval: float) ->
         await ch.json({"type": "error", "data": request, "fatal": True})
         return
     queue = InputQueue()
-    output = asyncio.ensure_future(pump_output(ch, target.client.pty_attach(request), request.tag))
-    client = asyncio.ensure_future(client_side(ch, queue, Rpcs(target, request.tag)))
+    ready = asyncio.Event()
+    if not request.cmd:
+        ready.set()  # reattach: the process exists already
+    output = asyncio.ensure_future(pump_output(ch, target.client.pty_attach(request), request.tag, ready))
+    client = asyncio.ensure_future(client_side(ch, queue, Rpcs(target, request.tag), ready))
     keepalive = asyncio.ensure_future(pings(ch, ping_interval))
     try:
         await asyncio.wait({output, client}, return_when=asyncio.FIRST_COMPLETED)
-        if output.done() and output.exception() is not None and not client.done():
+        if output.done() and output.exception() is not None and ready.is_set() and not client.done():
             # Sending failed (the client is gone): still apply what it already sent, e.g. a final kill.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(client), DRAIN_LIMIT)

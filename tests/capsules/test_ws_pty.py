@@ -82,6 +82,18 @@ async def test_typed_input_resize_and_exit_code(stack: Stack, capsule: str) -> N
     assert not [c for c in t.controls if c.get("type") == "error"]
 
 
+async def test_input_sent_right_after_start_is_not_lost(stack: Stack, capsule: str) -> None:
+    for _ in range(3):
+        async with connect(stack, f"/v1/capsules/{capsule}/pty") as ws:
+            await ws.send(json.dumps({"type": "start"}))  # all defaults
+            await ws.send(b"echo early-$((40+2))\n")  # before "started" has arrived
+            await ws.send(json.dumps({"type": "resize", "cols": 90, "rows": 20}))
+            t = Term(ws)
+            await t.until(b"early-42")
+            await ws.send(json.dumps({"type": "kill"}))  # the SDK's block exit
+            await t.control("exit")
+
+
 async def test_json_base64_input_and_coalesced_bursts(stack: Stack, capsule: str) -> None:
     async with connect(stack, f"/v1/capsules/{capsule}/pty") as ws:
         t = Term(ws)
