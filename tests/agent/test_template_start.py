@@ -61,7 +61,7 @@ def test_parse_start_spec() -> None:
 
 async def test_start_command_runs_at_create_once_and_snapshots_inherit(bwrap_rt: BwrapRuntime) -> None:
     tpl = "5a5a5a5a-0000-4000-8000-" + os.urandom(6).hex()
-    start = {
+    start: dict[str, object] = {
         "cmd": 'echo "$(id -un) $GREETING $(pwd)" > /tmp/started.txt; date +%s%N >> /tmp/starts.log; '
                "exec python3 -m http.server 8123 --bind 0.0.0.0",
         "user": "wrenn-user", "cwd": "/tmp", "env": {"GREETING": "hello world"},
