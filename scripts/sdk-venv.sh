@@ -2,8 +2,9 @@
 # Create ./.sdk-venv: the official Wrenn Python SDK (wrenn==0.3.0, Requires-Python >= 3.13) in its own
 # virtualenv, used by tests/e2e/sdk as a separate client process. Idempotent and quick when up to date.
 #
-# Python 3.13 is found as $SDK_PYTHON, else through pyenv (PYENV_VERSION=3.13.x python3.13; the bare
-# `python3.13` shim fails on these machines), else any python3.13 on PATH. No 3.13 -> exit 1, loudly.
+# Python 3.13 is found as $SDK_PYTHON, else under pyenv's versions dir (`pyenv root`, or $PYENV_ROOT, or
+# ~/.pyenv; the bare `python3.13` shim fails on these machines), else a real python3.13 on PATH.
+# No Python 3.13 -> exit 1 with a message (the e2e suite then fails; it does not skip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${SDK_VENV:-.sdk-venv}"
@@ -17,8 +18,9 @@ find_python() {
     is313 "$SDK_PYTHON" && { echo "$SDK_PYTHON"; return 0; }
     echo "error: SDK_PYTHON=$SDK_PYTHON is not Python >= 3.13" >&2; return 1
   fi
-  if command -v pyenv >/dev/null 2>&1; then
-    root="$(pyenv root)"
+  root="${PYENV_ROOT:-$HOME/.pyenv}"
+  command -v pyenv >/dev/null 2>&1 && root="$(pyenv root)"
+  if [ -d "$root/versions" ]; then
     for v in $(ls -1 "$root/versions" 2>/dev/null | grep -E '^3\.1[3-9]\.[0-9]+$' | sort -V -r); do
       cand="$root/versions/$v/bin/python3"
       is313 "$cand" && { echo "$cand"; return 0; }
