@@ -44,3 +44,9 @@ def test_stream_over_websocket(sdk: SdkRunner, capsule_id: str) -> None:
 def test_connect_to_background_process(sdk: SdkRunner, capsule_id: str) -> None:
     r = sdk("commands", "connect_background", capsule=capsule_id)
     assert r["ticks"] == ["tick1", "tick2", "tick3", "tick4"] and r["exit_code"] == 7
+
+
+def test_port_proxy_get_url(sdk: SdkRunner, capsule_id: str) -> None:
+    r = sdk("commands", "port_proxy", capsule=capsule_id)
+    assert r["url"].startswith(f"http://8000-{capsule_id}.127.0.0.1:")
+    assert r["closed_port_status"] in (502, 503) and r["bad_key_status"] == 401

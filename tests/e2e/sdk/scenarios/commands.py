@@ -140,5 +140,36 @@ def connect_background(capsule_id: str) -> dict[str, Any]:
     return {"ticks": text.split(), "exit_code": evs[-1].exit_code, "late_events": [e.type for e in late]}
 
 
+@case
+def port_proxy(capsule_id: str) -> dict[str, Any]:
+    """get_url(port): a server started with commands.run(background=True) is reachable through the proxy."""
+    import httpx
+
+    cap = Capsule.connect(capsule_id)
+    key = cap._client._api_key
+    cap.files.write("/tmp/www/index.txt", "served from the capsule")
+    h = cap.commands.run("exec python3 -m http.server 8000 --bind 0.0.0.0", background=True, cwd="/tmp/www",
+                         tag="web")
+    url = cap.get_url(8000)
+    assert url == f"http://8000-{capsule_id}." + cap._client._base_url.split("://", 1)[1].rstrip("/"), url
+    got: dict[str, Any] = {}
+
+    def fetch() -> bool:
+        try:
+            r = httpx.get(f"{url}/index.txt", headers={"X-API-Key": key}, timeout=5)
+        except httpx.HTTPError:
+            return False
+        got["status"], got["body"] = r.status_code, r.text
+        return r.status_code == 200
+
+    waited = wait_until(fetch, 15, "http.server reachable through the proxy", interval=0.2)
+    assert got["body"] == "served from the capsule", got
+    closed = httpx.get(cap.get_url(8001), headers={"X-API-Key": key}, timeout=10).status_code
+    assert closed in (502, 503), closed  # nothing listening: 5xx (the code runner retries on those)
+    bad_key = httpx.get(f"{url}/index.txt", headers={"X-API-Key": "wrn_" + "0" * 32}, timeout=10).status_code
+    cap.commands.kill(h.pid)
+    return {"url": url, "waited": waited, "closed_port_status": closed, "bad_key_status": bad_key}
+
+
 if __name__ == "__main__":
     main()
