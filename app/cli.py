@@ -124,6 +124,15 @@ def show_bootstrap(data_dir: DataDir = None) -> None:
     print(json.dumps(json.loads(path.read_text()), indent=2))
 
 
+def _add_template_commands() -> None:
+    from app.builds.cli import template_app
+
+    cp.add_typer(template_app, name="template")
+
+
+_add_template_commands()
+
+
 def cp_main() -> None:
     cp()
 

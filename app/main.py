@@ -23,6 +23,8 @@ from app.auth import sessions
 from app.auth.deps import SessionExpired
 from app.auth.oauth_router import router as oauth_router
 from app.auth.router import router as auth_router
+from app.builds import worker as build_worker
+from app.builds.router import router as builds_router
 from app.capsules import service as capsule_service
 from app.capsules import usage as capsule_usage
 from app.capsules.router import router as capsules_router
@@ -53,7 +55,8 @@ SPEC_PATH = Path(__file__).resolve().parents[1] / "openapi" / "wrenn-openapi-0.2
 Lifecycle = tuple[Callable[[AppState], Awaitable[None]], Callable[[AppState], Awaitable[None]]]
 # Per process (not leader-elected): the SSE stream reader, and the channel dispatcher's consumer.
 LIFECYCLE: list[Lifecycle] = [(agents.start, agents.stop), (event_hub.start, event_hub.stop),
-                              (channel_delivery.start, channel_delivery.stop), (local_agent.start, local_agent.stop)]
+                              (channel_delivery.start, channel_delivery.stop), (local_agent.start, local_agent.stop),
+                              (build_worker.start, build_worker.stop)]
 
 
 def background_loops(state: AppState) -> list[LeaderLoop]:
@@ -67,6 +70,7 @@ def background_loops(state: AppState) -> list[LeaderLoop]:
                    lambda: _sample_metrics(state)),
         LeaderLoop(state.engine, "usage-rollup", capsule_usage.ROLLUP_INTERVAL_SEC,
                    lambda: capsule_usage.rollup(state)),
+        LeaderLoop(state.engine, "build-worker", build_worker.TICK, lambda: build_worker.worker_of(state).tick()),
     ]
 
 
@@ -125,7 +129,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(router)
     for router in (snapshots_router, admin_capsules_router, admin_templates_router):
         app.include_router(router)
-    for router in (events_router, audit_router, channels_router):
+    for router in (events_router, audit_router, channels_router, builds_router):
         app.include_router(router)
     _misc_routes(app)
     if settings.bench_endpoints:

@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     # Per-capsule port proxy: refuse requests without X-API-Key / session (401). False = reference behaviour
     # (the capsule ID is the only secret; a key or session that *is* sent must still be valid).
     proxy_require_auth: bool = Field(True, validation_alias=AliasChoices("WRENN_PROXY_REQUIRE_AUTH"))
+    # Template builds: a CA bundle lent to build capsules for the build only (PIP_CERT, SSL_CERT_FILE, …), so
+    # recipes can fetch packages behind a TLS-intercepting egress. "auto" = this machine's system bundle; "none".
+    build_ca_bundle: str = Field("auto", validation_alias=AliasChoices("WRENN_BUILD_CA_BUNDLE"))
 
     @property
     def production(self) -> bool:
