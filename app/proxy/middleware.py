@@ -41,9 +41,10 @@ class PortProxyMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        state: AppState = scope["app"].state.wrenn
-        target = service.match_host(_host(scope), state.settings.proxy_domain)
-        if target is None:
+        host = _host(scope)
+        state: AppState | None = getattr(scope["app"].state, "wrenn", None) if host[:1].isdigit() else None
+        target = service.match_host(host, state.settings.proxy_domain) if state is not None else None
+        if state is None or target is None:
             await self.app(scope, receive, send)
             return
         if scope["type"] == "websocket":
