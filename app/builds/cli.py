@@ -33,6 +33,7 @@ template_app = typer.Typer(help="Platform templates: build them from recipes.", 
 console = Console(stderr=True)
 POLL = 0.5
 TAIL = 12
+NAME_WIDTH = 48
 ICONS = {"pending": " ", "running": "…", "success": "✔", "failed": "✘", "cancelled": "⊘", "skipped": "-"}
 
 
@@ -93,25 +94,33 @@ class Session:
         self.http.close()
 
 
-def _summary(build: dict[str, Any]) -> str:
+def _err(message: str) -> None:
+    console.print(Text(message, style="red"), soft_wrap=True)
+
+
+def _summary(build: dict[str, Any]) -> Text:
     if build["status"] == "success":
-        return f"[green]built template {build['name']!r}[/green] (build {build['id']})"
+        return Text.assemble((f"built template {build['name']!r}", "green"), f" (build {build['id']})")
     failed = build.get("failed_step") or {}
     where = f" at step {failed['index']} ({failed['name']})" if failed.get("index") else \
         (f" during {failed.get('name') or failed.get('phase')}" if failed else "")
-    return f"[red]build {build['id']} {build['status']}{where}:[/red] {build.get('error') or ''}"
+    return Text.assemble((f"build {build['id']} {build['status']}{where}:", "red"), f" {build.get('error') or ''}")
+
+
+def _label(step: dict[str, Any]) -> str:
+    name = step["name"] if len(step["name"]) <= NAME_WIDTH else step["name"][: NAME_WIDTH - 1] + "…"
+    return f"{ICONS.get(step['status'], '?')} {step['step']:>2}. {name:<{NAME_WIDTH}}"
 
 
 def _follow_live(session: Session, build: dict[str, Any], deadline: float) -> dict[str, Any]:
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=20),
                         TimeElapsedColumn(), console=console)
-    tasks = [progress.add_task(f"{s['step']:>2}. {s['name']}", total=1, start=False) for s in build["steps"]]
+    tasks = [progress.add_task(_label(s), total=1, start=False) for s in build["steps"]]
     started: set[int] = set()
     with Live(console=console, refresh_per_second=8, transient=False) as live:
         while True:
             for s, task in zip(build["steps"], tasks, strict=False):
-                icon = ICONS.get(s["status"], "?")
-                progress.update(task, description=f"{icon} {s['step']:>2}. {s['name']}")
+                progress.update(task, description=_label(s))
                 if s["status"] != "pending" and task not in started:
                     progress.start_task(task)
                     started.add(task)
@@ -123,7 +132,8 @@ def _follow_live(session: Session, build: dict[str, Any], deadline: float) -> di
             header = Text(f"build {build['id']} · {build['status']} · {build.get('phase', '')}", style="bold")
             parts: list[Any] = [header, progress]
             if shown is not None and shown.get("log_tail"):
-                parts.append(Panel("\n".join(shown["log_tail"]), title=f"step {shown['step']} log", expand=True))
+                lines = [line[: console.width - 4] for line in shown["log_tail"]]
+                parts.append(Panel(Text("\n".join(lines)), title=f"step {shown['step']} log", expand=True))
             live.update(Group(*parts))
             if build["status"] in FINISHED and build.get("cleaned_up", True):
                 return build
@@ -139,22 +149,24 @@ def _follow_plain(session: Session, build: dict[str, Any], deadline: float) -> d
     while True:
         for s, entry in zip(build["steps"], build.get("logs") or [{} for _ in build["steps"]], strict=False):
             n = s["step"]
-            if s["status"] == "running" and seen_status.get(n) != "running":
-                console.print(f"[bold]step {n}/{build['total_steps']}[/bold] {s['name']}", highlight=False)
+            if s["status"] not in ("pending", "skipped") and n not in seen_status:
+                console.print(Text.assemble((f"step {n}/{build['total_steps']}", "bold"), f" {s['name']}"),
+                              soft_wrap=True)
             output = entry.get("output", "")
             end = int(entry.get("truncated", 0)) + len(output)
             done = printed.get(n, 0)
             if end > done:
                 chunk = output[max(0, len(output) - (end - done)):]
                 for line in chunk.splitlines():
-                    console.print(f"  | {line}", highlight=False, markup=False)
+                    console.print(f"  | {line}", highlight=False, markup=False, soft_wrap=True)
                 printed[n] = end
             if s["status"] != seen_status.get(n) and s["status"] in ("success", "failed", "cancelled"):
                 took = f" in {s['duration_ms'] / 1000:.1f}s" if s.get("duration_ms") is not None else ""
                 error = f": {s['error']}" if s.get("error") else ""
                 console.print(f"  {ICONS[s['status']]} step {n} {s['status']}{took}{error}", highlight=False,
-                              markup=False)
-            seen_status[n] = s["status"]
+                              markup=False, soft_wrap=True)
+            if s["status"] != "pending":
+                seen_status[n] = s["status"]
         if build["status"] in FINISHED and build.get("cleaned_up", True):
             return build
         if time.monotonic() > deadline:
@@ -179,7 +191,7 @@ def build_command(
     try:
         recipe = load_file(recipe_file)
     except RecipeError as exc:
-        console.print(f"[red]{exc.message}[/red]")
+        _err(exc.message)
         raise typer.Exit(2) from exc
     if name:
         recipe["name"] = name
@@ -190,7 +202,7 @@ def build_command(
     email = email or boot.get("admin_email")
     password = password or boot.get("admin_password") or os.environ.get("WRENN_ADMIN_PASSWORD")
     if not email or not password:
-        console.print("[red]no admin credentials: give --email/--password or --data-dir of a local platform[/red]")
+        _err("no admin credentials: give --email/--password or --data-dir of a local platform")
         raise typer.Exit(2)
     session: Session | None = None
     build: dict[str, Any] | None = None
@@ -198,7 +210,7 @@ def build_command(
         session = Session(url, email, password)
         build = session.submit(recipe)
         console.print(f"build {build['id']} queued: {build['name']!r} from {build['base_template']!r}, "
-                      f"{build['total_steps']} steps", highlight=False)
+                      f"{build['total_steps']} steps", highlight=False, soft_wrap=True)
         if detach:
             print(build["id"])
             return
@@ -206,7 +218,7 @@ def build_command(
         follow = _follow_live if console.is_terminal else _follow_plain
         build = follow(session, build, deadline)
     except CliError as exc:
-        console.print(f"[red]{exc}[/red]")
+        _err(str(exc))
         raise typer.Exit(2) from exc
     except KeyboardInterrupt as exc:
         if session is not None and build is not None:
@@ -216,6 +228,6 @@ def build_command(
     finally:
         if session is not None:
             session.close()
-    console.print(_summary(build), highlight=False)
+    console.print(_summary(build), soft_wrap=True)
     if build["status"] != "success":
         raise typer.Exit(1)

@@ -18,10 +18,10 @@ def admin_client(stack: Stack) -> Client:
     return client
 
 
-async def wait_build(admin: Client, build_id: str, *, timeout: float = 300, cleaned: bool = True,
+async def wait_build(admin: Client, build_id: str, *, within: float = 300, cleaned: bool = True,
                      status: tuple[str, ...] = FINISHED) -> dict[str, Any]:
     """Poll the build until its status is one of ``status`` (and its capsule is cleaned up)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     body: dict[str, Any] = {}
     while time.monotonic() < deadline:
         r = await admin.get(f"/v1/admin/builds/{build_id}")
@@ -33,9 +33,9 @@ async def wait_build(admin: Client, build_id: str, *, timeout: float = 300, clea
     raise AssertionError(f"build {build_id} did not reach {status}: {body.get('status')} {body.get('steps')}")
 
 
-async def wait_step(admin: Client, build_id: str, index: int, timeout: float = 120) -> dict[str, Any]:
+async def wait_step(admin: Client, build_id: str, index: int, within: float = 120) -> dict[str, Any]:
     """Wait until step ``index`` (1-based) is running."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     body: dict[str, Any] = {}
     while time.monotonic() < deadline:
         body = (await admin.get(f"/v1/admin/builds/{build_id}")).json()
@@ -56,3 +56,15 @@ def small_recipe(name: str, **extra: Any) -> dict[str, Any]:
     """Quick steps (no network)."""
     return {"name": name, "base": "minimal",
             "steps": [{"name": "marker", "run": "echo built > /etc/marker && echo done"}], **extra}
+
+
+async def delete_template(admin: Client, name: str, within: float = 60) -> None:
+    """Remove a platform template a test built (its files live in the agent's shared templates dir); retried
+    while the capsules that used it are still stopping."""
+    deadline = time.monotonic() + within
+    while True:
+        r = await admin.delete(f"/v1/admin/templates/{name}")
+        if r.status_code in (204, 404):
+            return
+        assert r.status_code == 409 and time.monotonic() < deadline, r.text
+        await asyncio.sleep(0.5)

@@ -9,7 +9,14 @@ from typing import Any
 
 from tests.api.helpers import Client
 from tests.api.sse import SSEStream
-from tests.capsules.build_helpers import admin_client, capsule_status, small_recipe, wait_build, wait_step
+from tests.capsules.build_helpers import (
+    admin_client,
+    capsule_status,
+    delete_template,
+    small_recipe,
+    wait_build,
+    wait_step,
+)
 from tests.capsules.conftest import Stack
 from tests.capsules.helpers import new_capsule, run
 
@@ -101,6 +108,7 @@ async def test_recipe_builds_a_template_with_file_package_and_start_command(stac
     served = await run(sdk, capsule, "curl -sS http://127.0.0.1:8080/hello.txt")
     assert served["stdout"] == "hello from the recipe\n"
     assert (await sdk.delete(f"/v1/capsules/{capsule}")).status_code == 202
+    await delete_template(admin, "accept-tpl")
     await admin.http.aclose()
 
 
@@ -131,7 +139,7 @@ async def test_readiness_that_never_passes_fails_within_its_timeout(stack: Stack
               "start": {"cmd": "exec sleep 600", "ready": {"port": 9999, "timeout_sec": 3}}}
     r = await admin.post("/v1/admin/builds", json=recipe)
     assert r.status_code == 202, r.text
-    build = await wait_build(admin, r.json()["id"], timeout=120)
+    build = await wait_build(admin, r.json()["id"], within=120)
     assert build["status"] == "failed"
     assert build["failed_step"]["index"] == 2 and build["failed_step"]["name"].startswith("start:")
     assert "port 9999 did not answer within 3s" in build["error"]
@@ -141,7 +149,7 @@ async def test_readiness_that_never_passes_fails_within_its_timeout(stack: Stack
     recipe = {"name": "start-dies", "steps": [{"run": "true"}],
               "start": {"cmd": "echo cannot start >&2; exit 3", "ready": {"port": 9999, "timeout_sec": 3}}}
     r = await admin.post("/v1/admin/builds", json=recipe)
-    build = await wait_build(admin, r.json()["id"], timeout=120)
+    build = await wait_build(admin, r.json()["id"], within=120)
     assert build["status"] == "failed" and "(the start command exited)" in build["error"]
     assert "cannot start" in "\n".join(build["steps"][1]["log_tail"])
     await admin.http.aclose()
@@ -160,7 +168,7 @@ async def test_cancel_mid_build_leaves_nothing(stack: Stack) -> None:
         r = await admin.post(f"/v1/admin/builds/{build_id}/cancel")
         assert r.status_code == 204, r.text
         timeline = await _events_until(events, build_id, "build.cancelled", wait=60)
-    build = await wait_build(admin, build_id, timeout=60)
+    build = await wait_build(admin, build_id, within=60)
     assert build["status"] == "cancelled" and build["cleaned_up"]
     assert [s["status"] for s in build["steps"]] == ["cancelled", "skipped"]
     assert await capsule_status(admin, capsule_id) == "stopped"
@@ -195,11 +203,11 @@ async def test_cancel_queued_build_and_name_rules(stack: Stack) -> None:
     for build_id in busy:
         assert (await admin.post(f"/v1/admin/builds/{build_id}/cancel")).status_code == 204
     for build_id in busy:
-        assert (await wait_build(admin, build_id, timeout=60))["status"] == "cancelled"
+        assert (await wait_build(admin, build_id, within=60))["status"] == "cancelled"
 
     # A finished build's name is now a platform template: taken unless overwrite; overwrite replaces it.
     r = await admin.post("/v1/admin/builds", json=small_recipe("named-tpl"))
-    first = await wait_build(admin, r.json()["id"], timeout=120)
+    first = await wait_build(admin, r.json()["id"], within=120)
     assert first["status"] == "success", first
     r = await admin.post("/v1/admin/builds", json=small_recipe("named-tpl"))
     assert r.status_code == 409 and r.json()["error"]["code"] == "template_name_taken"
@@ -207,7 +215,7 @@ async def test_cancel_queued_build_and_name_rules(stack: Stack) -> None:
     assert r.status_code == 409 and r.json()["error"]["code"] == "name_reserved"
     r = await admin.post("/v1/admin/builds", json=small_recipe("named-tpl", overwrite=True, memory_mb=768))
     assert r.status_code == 202, r.text
-    second = await wait_build(admin, r.json()["id"], timeout=120)
+    second = await wait_build(admin, r.json()["id"], within=120)
     assert second["status"] == "success" and second["template_id"] != first["template_id"]
     templates = [t for t in (await admin.get("/v1/admin/templates")).json() if t["name"] == "named-tpl"]
     assert len(templates) == 1 and templates[0]["memory_mb"] == 768
@@ -217,4 +225,5 @@ async def test_cancel_queued_build_and_name_rules(stack: Stack) -> None:
     assert all("logs" not in b for b in listed)
     assert {b["id"] for b in (await admin.get("/v1/admin/builds", params={"status": "cancelled"})).json()} \
         >= {queued, *busy}
+    await delete_template(admin, "named-tpl")
     await admin.http.aclose()
