@@ -215,6 +215,23 @@ def test_build_in_progress_when_the_control_plane_is_killed_fails_after_restart(
                           in ("success", "failed") and b, 120, "second build")
             assert after["status"] == "success", after
             assert admin.delete("/v1/admin/templates/after-restart").status_code == 204
+
+            # A clean stop (SIGTERM) fails its running build itself and removes the build capsule.
+            r = admin.post("/v1/admin/builds", json={"name": "stopped-tpl", "steps": [{"name": "wait",
+                                                                                      "run": "sleep 600"}]})
+            stopped_id = r.json()["id"]
+            running = _wait(lambda: (b := admin.get(f"/v1/admin/builds/{stopped_id}").json())["steps"][0]["status"]
+                            == "running" and b, 120, "step 1 running")
+        cp.stop()
+        assert cp.proc is not None and cp.proc.returncode == 0
+        cp.start()
+        with closing(cp.admin()) as admin:
+            build = admin.get(f"/v1/admin/builds/{stopped_id}").json()
+            assert build["status"] == "failed" and build["cleaned_up"], build
+            assert build["error"] == "the control plane shut down during the build"
+            assert build["failed_step"]["index"] == 1
+            assert admin.get(f"/v1/admin/capsules/{running['sandbox_id']}").json()["status"] == "stopped"
+            assert not (agent_dir / "capsules" / running["sandbox_id"]).exists()
     finally:
         cp.stop()
         if agent is not None and agent.poll() is None:
