@@ -119,11 +119,14 @@ async def login(state: AppState, email: str, password: str, conn: HTTPConnection
         ok = verify_password(user.password_hash if user else None, password)
         if user is None or not ok:
             await ratelimit.failed(state, email, ip)
+            await _login_failed(state, user, email, ip, "bad_credentials")
             raise Unauthorized("invalid email or password")
         if user.status == "inactive":
+            await _login_failed(state, user, email, ip, "not_activated")
             raise ApiError("account not activated; check your email", code="account_not_activated",
                            status=403)
         if user.status == "disabled":
+            await _login_failed(state, user, email, ip, "disabled")
             raise ApiError("account disabled", code="account_disabled", status=403)
         assert user.password_hash is not None
         if needs_rehash(user.password_hash):
@@ -132,6 +135,13 @@ async def login(state: AppState, email: str, password: str, conn: HTTPConnection
         await audit.record(db, _as_identity(user, conn), _team_of(result), "session", None, "login")
     await ratelimit.succeeded(state, email)
     return result
+
+
+async def _login_failed(state: AppState, user: User | None, email: str, ip: str, reason: str) -> None:
+    """Failed logins go to the platform audit log (admin scope): the attempt may name no real account."""
+    who = Identity(kind="session", team_id=None, user_id=user.id if user else None, email=email, ip=ip)
+    await audit.record_now(state, who, None, "session", None, "login", scope="admin", status="error",
+                           metadata={"email": email[:254], "reason": reason})
 
 
 def _team_of(result: LoginResult) -> uuid.UUID | None:
@@ -183,6 +193,7 @@ async def switch_team(state: AppState, who: Identity, team_ref: str, conn: HTTPC
 async def logout(state: AppState, who: Identity) -> None:
     if who.session_hash:
         await sessions.revoke(state, who.session_hash)
+    await audit.record_now(state, who, who.team_id, "session", None, "logout")
 
 
 async def logout_all(state: AppState, who: Identity) -> None:
@@ -324,6 +335,7 @@ async def revoke_session(state: AppState, who: Identity, session_id: str) -> boo
     if owner != who.user_id:
         return False  # silently ignore other users' (or unknown) sessions
     await sessions.revoke(state, session_id)
+    await audit.record_now(state, who, who.team_id, "session", None, "revoke")
     return session_id == who.session_hash
 
 

@@ -71,6 +71,7 @@ async def team_caller(conn: HTTPConnection) -> Identity:
         who = await apikeys.authenticate(state, raw_key.strip())
         if who is None:
             raise Unauthorized("invalid API key")
+        who.ip = sessions.client_ip(conn)  # for the audit log
         return who
     who = await _session(conn, state)
     _check_csrf(conn, who)

@@ -1,5 +1,8 @@
 """The one path every lifecycle event takes: ``publish`` appends it to the capped stream ``wrenn:events``
-in the spec's SSEEvent shape (control-plane.md §13). Stream IDs double as SSE event IDs."""
+in the spec's SSEEvent shape (control-plane.md §13). Stream IDs double as SSE event IDs.
+
+Readers of the stream: one ``EventHub`` per process (SSE fan-out, app/events/hub.py) and the channel
+dispatcher's consumer group (app/channels/delivery.py), which skips entries marked ``transient``."""
 
 from __future__ import annotations
 
@@ -19,6 +22,14 @@ log = logging.getLogger("wrenn.events")
 STREAM = "wrenn:events"
 STREAM_MAXLEN = 10_000
 TRANSIENT_EVENTS = {"capsule.state.changed"}
+# Durable events channels may subscribe to (spec CreateChannelRequest.events).
+CHANNEL_EVENTS = (
+    "capsule.create", "capsule.pause", "capsule.resume", "capsule.destroy",
+    "template.snapshot.create", "template.snapshot.delete", "host.up", "host.down",
+)
+# What SSE clients may receive: the spec's SSEEvent enum (the SDK rejects any other name, sdk-wire §9).
+# Other names may travel on the stream (e.g. build events) but never reach an SSE client.
+SSE_EVENTS = frozenset((*CHANNEL_EVENTS, "capsule.state.changed"))
 
 
 def actor_of(who: Identity | None) -> dict[str, str]:

@@ -48,14 +48,19 @@ async def mark_unreachable(state: AppState, host: Host) -> None:
                                .values(status="unreachable", updated_at=clock.now()))
         if not won.rowcount:  # type: ignore[attr-defined]
             return
-        await db.execute(update(Capsule).where(Capsule.host_id == host.id,
-                                               Capsule.status.in_(("running", "starting", "pending")))
-                         .values(status="missing", last_updated=clock.now()))
-        if host.team_id is not None:
-            await audit.record(db, None, host.team_id, "host", host_ref, "marked_down", status="error")
+        lost = (Capsule.host_id == host.id, Capsule.status.in_(("running", "starting", "pending")))
+        missing = (await db.execute(select(Capsule.id, Capsule.team_id, Capsule.status).where(*lost)
+                                    .with_for_update())).all()
+        await db.execute(update(Capsule).where(*lost).values(status="missing", last_updated=clock.now()))
+        await audit.record(db, None, host.team_id, "host", host_ref, "marked_down", status="error",
+                           scope="admin" if host.team_id is None else "team")
     log.warning("host %s is unreachable; its capsules are missing", host_ref)
-    if host.team_id is not None:
-        await events.publish(state.redis, events.make_event("host.down", host.team_id, host_ref, "host"))
+    await events.publish(state.redis, events.make_event("host.down", host.team_id, host_ref, "host",
+                                                        metadata={"reason": "unreachable"}))
+    for capsule_id, team_id, before in missing:
+        await events.publish(state.redis, events.make_event(
+            "capsule.state.changed", team_id, ids.encode(ids.CAPSULE, capsule_id), "sandbox",
+            metadata={"from": before, "to": "missing", "reason": "host_failure"}))
 
 
 def reconcile_soon(state: AppState, host_id: uuid.UUID) -> None:

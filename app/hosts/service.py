@@ -195,6 +195,8 @@ async def register(state: AppState, token: str, spec: dict[str, Any]) -> dict[st
                          .values(used_at=now))
         await audit.record(db, None, host.team_id, "host", record["host_id"], "register",
                            scope="admin" if host.team_id is None else "team", metadata={"address": host.address})
+    await events.publish(state.redis, events.make_event("host.up", host.team_id, record["host_id"], "host",
+                                                        metadata={"reason": "registered"}))
     return {"host": host_json(host), **body}
 
 
@@ -237,7 +239,7 @@ async def heartbeat(state: AppState, caller: uuid.UUID, host_ref: str) -> bool:
             host.status = "online"
             if host.team_id is not None:
                 await audit.record(db, None, host.team_id, "host", host_ref, "marked_up")
-    if came_back and host.team_id is not None:
+    if came_back:
         await events.publish(state.redis, events.make_event("host.up", host.team_id, host_ref, "host"))
     return came_back
 
@@ -315,6 +317,9 @@ async def delete_host(state: AppState, who: Identity, host_ref: str, force: bool
         await audit.record(db, who, host.team_id, "host", host_ref, "delete",
                            scope="admin" if host.team_id is None else "team",
                            metadata={"destroyed": str(len(doomed))})
+    if host.status != "pending":
+        await events.publish(state.redis, events.make_event("host.down", host.team_id, host_ref, "host",
+                                                            metadata={"reason": "deleted"}))
     await agents.forget(state, host.id)
 
 
