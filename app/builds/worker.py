@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from redis.exceptions import RedisError
-from sqlalchemy import select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.audit import service as audit
@@ -180,8 +180,10 @@ class BuildWorker:
         capsule not yet removed), re-queue pending builds that fell out of the queue."""
         redis = self.state.redis
         async with self.state.db() as db:
-            rows = list(await db.scalars(select(TemplateBuild).where(
-                TemplateBuild.status.in_(("pending", "running", "cancelled", "failed")))))
+            not_cleaned = func.coalesce(TemplateBuild.metadata_[META_CLEANED].astext, "false") != "true"
+            rows = list(await db.scalars(select(TemplateBuild).where(or_(
+                TemplateBuild.status.in_(("pending", "running")),
+                and_(TemplateBuild.status.in_(("cancelled", "failed")), not_cleaned)))))
         orphans = [b for b in rows if b.status != "pending" and not (b.metadata_ or {}).get(META_CLEANED, False)]
         for build in orphans:
             if build.id in self.runs or build.id in self.sweeping:

@@ -13,7 +13,9 @@ import pytest
 from sqlalchemy import text
 
 from app.builds import recipe as recipes
-from app.core import ids
+from app.builds.models import TemplateBuild
+from app.builds.schemas import StepState
+from app.core import clock, ids
 from app.core.errors import InvalidRequest
 from tests.api.helpers import Client, Platform
 
@@ -192,3 +194,27 @@ async def test_a_build_with_no_host_fails_at_provisioning(admin: Client, platfor
     detail = (await admin.get(f"/v1/admin/builds/{queued['id']}", params={"logs": "false"})).json()
     assert "logs" not in detail
     assert json.loads(json.dumps(detail)) == detail
+
+
+async def test_the_sweep_requeues_lost_builds_and_fails_abandoned_ones(admin: Client, platform: Platform) -> None:
+    """What a restarted leader finds: a pending build missing from the queue (re-queued, then run) and a build
+    left ``running`` by a process that died (no heartbeat: failed with the reason, never running forever)."""
+    state = platform.app.state.wrenn  # type: ignore[union-attr]
+    step = recipes.parse({"name": "x", "steps": [{"name": "only", "run": "true"}]}).steps[0]
+    rows = {}
+    async with state.db() as db, db.begin():
+        for name, status in (("lost-pending", "pending"), ("abandoned", "running")):
+            logs = [StepState(step=1, name="only", kind="run",
+                              status="running" if status == "running" else "pending").to_json()]
+            row = TemplateBuild(id=ids.new_uuid(), name=name, base_template="minimal", recipe=[step.to_json()],
+                                status=status, total_steps=1, current_step=1 if status == "running" else 0,
+                                logs=logs, team_id=ids.ZERO_UUID, metadata_={"phase": "steps"},
+                                created_at=clock.now(), started_at=clock.now() if status == "running" else None)
+            db.add(row)
+            rows[name] = ids.encode(ids.BUILD, row.id)
+    abandoned = await _wait(admin, rows["abandoned"], within=30)
+    assert abandoned["status"] == "failed" and abandoned["cleaned_up"]
+    assert abandoned["error"].startswith("the control plane that ran this build stopped at step 1 ('only')")
+    assert abandoned["failed_step"] == {"index": 1, "name": "only", "phase": "interrupted"}
+    lost = await _wait(admin, rows["lost-pending"], within=30)
+    assert lost["status"] == "failed" and "no online platform hosts" in lost["error"]  # it was picked up and run
