@@ -129,7 +129,7 @@ async def check_url(url: str, field: str, *, allow_private: bool) -> None:
     host = parts.hostname
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port or 443, type=socket.SOCK_STREAM)
-    except OSError as exc:
+    except (OSError, UnicodeError, ValueError) as exc:
         raise InvalidRequest(f"{field}: host {host} does not resolve") from exc
     for info in infos:
         address = ipaddress.ip_address(info[4][0])
@@ -260,7 +260,7 @@ def apprise_url_for(provider: str, config: dict[str, str]) -> str | None:
             netloc += f":{hs.port}"
         room = quote(config["room_id"], safe="")
         token = quote(config["access_token"], safe="")
-        return f"{scheme}://{netloc}/{room}?mode=matrix&discovery=no&format=text&token={token}"
+        return f"{scheme}://{netloc}/{room}?mode=off&discovery=no&format=text&token={token}"
     url = config["webhook_url"]
     plugin = apprise.Apprise.instantiate(url, suppress_exceptions=True)
     return url if plugin is not None and _plugin_matches(provider, plugin) else None

@@ -25,6 +25,7 @@ from app.events import service as events
 from app.main import create_app
 from tests.api.helpers import Client, Platform
 from tests.fakes.github import ServerThread
+from tests.fakes.matrix import FakeMatrix
 from tests.fakes.webhook import WebhookReceiver
 
 
@@ -256,6 +257,23 @@ async def test_test_endpoint_signs_and_reports_failures(
     r = await owner.post("/v1/channels/test", json={"provider": "webhook", "config": {"url": "http://127.0.0.1:1/"}})
     assert r.status_code == 502 and r.json()["error"]["code"] == "delivery_failed"
     assert (await owner.get("/v1/channels")).json() == []  # nothing saved
+
+
+async def test_matrix_goes_through_apprise_to_the_homeserver(fp: Platform) -> None:
+    matrix = FakeMatrix()
+    owner = await fp.user()
+    with ServerThread(matrix.app()) as server:
+        config = {"homeserver_url": f"http://127.0.0.1:{server.port}", "access_token": matrix.token,
+                  "room_id": matrix.room_id}
+        r = await owner.post("/v1/channels/test", json={"provider": "matrix", "config": config})
+        assert r.status_code == 200, r.text
+        assert matrix.messages[0]["msgtype"] == "m.text"
+        assert "Test notification from Wrenn" in matrix.messages[0]["body"]
+        assert "Event: channel.test" in matrix.messages[0]["body"]
+        r = await owner.post("/v1/channels/test", json={"provider": "matrix",
+                                                        "config": {**config, "room_id": "!elsewhere:example.org"}})
+        assert r.status_code == 502 and r.json()["error"]["code"] == "delivery_failed", r.text
+        assert len(matrix.messages) == 1
 
 
 # --- dispatcher -------------------------------------------------------------------------------------
