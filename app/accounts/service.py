@@ -91,7 +91,7 @@ async def activate(state: AppState, token: str, conn: HTTPConnection) -> LoginRe
     user_ref = await state.redis.getdel(activation_key(sha256_hex(token)))
     if not user_ref:
         raise InvalidRequest("invalid or expired activation token", code="invalid_token")
-    user_id = ids.decode(ids.USER, user_ref)
+    user_id = ids.decode(ids.USER, str(user_ref))
     async with state.db() as db, db.begin():
         user = await db.get(User, user_id, with_for_update=True)
         if user is None or user.status == "deleted":
@@ -293,7 +293,7 @@ async def confirm_reset(state: AppState, token: str, new_password: str) -> None:
     if not user_ref:
         raise InvalidRequest("invalid or expired reset token", code="invalid_token")
     async with state.db() as db, db.begin():
-        user = await db.get(User, ids.decode(ids.USER, user_ref), with_for_update=True)
+        user = await db.get(User, ids.decode(ids.USER, str(user_ref)), with_for_update=True)
         if user is None or user.status == "deleted":
             raise InvalidRequest("invalid or expired reset token", code="invalid_token")
         user.password_hash = hash_password(new_password)

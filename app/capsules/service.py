@@ -10,7 +10,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
@@ -375,7 +375,7 @@ async def _finish_destroy(state: AppState, capsule: Capsule, before: str) -> Non
     # A capsule still "starting" is destroyed by the create task when its CAS loses.
     async with state.db() as db, db.begin():
         if before == "paused":
-            await db.execute(MetricPoint.__table__.delete().where(
+            await db.execute(delete(MetricPoint).where(
                 MetricPoint.sandbox_id == capsule.id, MetricPoint.tier.in_(("10m", "2h"))))
         won = await cas(db, capsule.id, ("stopping",), "stopped")
     if won:
