@@ -7,7 +7,7 @@ import contextlib
 import os
 import signal
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -49,7 +49,7 @@ class TrackedProc(Generic[E]):
         if final:
             self.done = True
 
-    async def follow(self, replay: bool, with_start: bool) -> AsyncIterator[E]:
+    async def follow(self, replay: bool, with_start: bool) -> AsyncGenerator[E, None]:
         """Buffered events (when ``replay``) then live ones until the process ends."""
         q: asyncio.Queue[E | None] = asyncio.Queue()
         if with_start and self.start is not None:
@@ -62,8 +62,11 @@ class TrackedProc(Generic[E]):
         else:
             self.followers.add(q)
         try:
-            while (ev := await q.get()) is not None:
-                yield ev
+            while True:
+                item = await q.get()
+                if item is None:
+                    break
+                yield item
         finally:
             self.followers.discard(q)
 

@@ -49,7 +49,7 @@ import subprocess
 import termios
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -746,7 +746,7 @@ class BwrapRuntime:
 
     async def _stream(
         self, cap: _Capsule, cmd: str, args: list[str], envs: dict[str, str], cwd: str
-    ) -> AsyncIterator[ExecEvent]:
+    ) -> AsyncGenerator[ExecEvent, None]:
         """start, stdout/stderr as they arrive, end. Closing the generator kills the process group."""
         sp = await self._spawn(cap, cmd, args, envs, cwd)
         proc, pid = sp.proc, sp.pid
