@@ -33,6 +33,7 @@ log = logging.getLogger("wrenn.capsules.pty")
 RPC_LIMIT = 5.0
 INBOUND_LIMIT = 64
 DRAIN_LIMIT = 15.0
+EXIT_GRACE = 3.0  # after ``exit``: time for the client's closing ``kill`` before we close the socket
 DEFAULT_CMD, DEFAULT_COLS, DEFAULT_ROWS = "/bin/bash", 80, 24
 MAX_DIMENSION = 65535
 
@@ -266,10 +267,12 @@ async def pty_body(ch: Channel, target: service.Target, ping_interval: float) ->
     keepalive = asyncio.ensure_future(pings(ch, ping_interval))
     try:
         await asyncio.wait({output, client}, return_when=asyncio.FIRST_COMPLETED)
-        if output.done() and output.exception() is not None and ready.is_set() and not client.done():
-            # Sending failed (the client is gone): still apply what it already sent, e.g. a final kill.
+        if output.done() and ready.is_set() and not client.done():
+            # The process exited (or sending failed): the client may still send its closing ``kill``
+            # (the SDK always does) and close; let it, rather than racing it with our own close.
+            grace = EXIT_GRACE if output.exception() is None else DRAIN_LIMIT
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(client), DRAIN_LIMIT)
+                await asyncio.wait_for(asyncio.shield(client), grace)
     finally:
         for task in (output, client, keepalive):
             task.cancel()
