@@ -75,6 +75,9 @@ async def reconcile(state: AppState, host_id: uuid.UUID) -> None:
         host = await db.get(Host, host_id)
     if host is None or not host.address:
         return
+    # Only rows last changed before the listing can be compared with it: a capsule created (or
+    # resumed) while ListSandboxes was in flight is absent from it without being gone.
+    listed_at = clock.now()
     try:
         listed = await agents.client_for(state, host.id, host.address).list_sandboxes(pb.ListSandboxesRequest(),
                                                                                       timeout_s=20)
@@ -85,7 +88,7 @@ async def reconcile(state: AppState, host_id: uuid.UUID) -> None:
     auto_paused = set(listed.auto_paused_sandbox_ids)
     async with state.db() as db:
         rows = list(await db.scalars(select(Capsule).where(
-            Capsule.host_id == host_id,
+            Capsule.host_id == host_id, Capsule.last_updated < listed_at,
             or_(Capsule.status.not_in(("stopped", "error")), Capsule.id.in_(_ids(reported))))))
     for capsule in rows:
         await _reconcile_capsule(state, host, capsule, reported, auto_paused)

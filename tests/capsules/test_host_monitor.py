@@ -56,3 +56,38 @@ async def test_killed_agent_marks_host_unreachable_then_reconciles(sdk: Client, 
     assert final["status"] == "stopped"
     fresh = await new_capsule(sdk)
     assert (await run(sdk, fresh, "echo again"))["stdout"] == "again\n"
+
+
+async def test_reconcile_ignores_rows_changed_while_listing(sdk: Client, stack: Stack) -> None:
+    """A capsule that appears after ListSandboxes was taken must not be judged by that listing."""
+    import uuid
+    from datetime import timedelta
+
+    import asyncpg
+
+    from app.core import clock, ids
+
+    capsule_id = uuid.uuid4()
+    conn = await asyncpg.connect(stack.settings.database_url)
+    try:
+        host_id = ids.decode(ids.HOST, stack.host_id)
+        team_id = ids.decode(ids.TEAM, stack.team_id)
+        await conn.execute(
+            "INSERT INTO sandboxes (id, team_id, host_id, status, last_updated) VALUES ($1, $2, $3, 'running', $4)",
+            capsule_id, team_id, host_id, clock.now() + timedelta(seconds=30))
+        await asyncio.sleep(3)  # several monitor ticks (1 s here); the agent has no such sandbox
+        status = await conn.fetchval("SELECT status FROM sandboxes WHERE id = $1", capsule_id)
+        assert status == "running"
+        # Once its last change predates a listing, a running row the agent does not have is an orphan.
+        await conn.execute("UPDATE sandboxes SET last_updated = $2 WHERE id = $1", capsule_id,
+                           clock.now() - timedelta(seconds=5))
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            status = await conn.fetchval("SELECT status FROM sandboxes WHERE id = $1", capsule_id)
+            if status == "stopped":
+                break
+            await asyncio.sleep(0.2)
+        assert status == "stopped"
+    finally:
+        await conn.close()
+    assert (await sdk.get(f"/v1/capsules/{ids.encode(ids.CAPSULE, capsule_id)}")).json()["status"] == "stopped"
