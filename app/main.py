@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -106,10 +107,9 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             for loop in loops:
-                await loop.stop()
+                await _bounded(loop.stop(), f"loop {loop.name}")
             for item in reversed(started):
-                with contextlib.suppress(Exception):
-                    await item[1](state)
+                await _bounded(item[1](state), getattr(item[1], "__module__", "stop"))
             await state.redis.aclose()
             await engine.dispose()
 
@@ -137,6 +137,19 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyGuardMiddleware, json_limit=settings.max_json_body_bytes)
     app.add_middleware(PortProxyMiddleware)  # outermost: proxy hosts never reach routing or the body guard
     return app
+
+
+STOP_LIMIT = 15.0
+
+
+async def _bounded(stopping: Awaitable[None], what: str) -> None:
+    """Shutdown must finish: a component that does not stop in time is logged and left behind."""
+    try:
+        await asyncio.wait_for(stopping, STOP_LIMIT)
+    except TimeoutError:
+        log.error("%s did not stop within %.0f s", what, STOP_LIMIT)
+    except Exception:
+        log.exception("%s failed to stop", what)
 
 
 def _misc_routes(app: FastAPI) -> None:
