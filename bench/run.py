@@ -276,17 +276,17 @@ async def stream_rows(api: httpx.AsyncClient, agent: AgentClient, args: argparse
 
 
 async def exec_stream_rows(api: httpx.AsyncClient, agent: AgentClient, capsule_id: str, size_mb: int) -> list[Row]:
-    try:
-        from httpx_ws import aconnect_ws
-    except ImportError:
-        return [Row("exec-stream (MB/s)", "n/a", "", "", "needs httpx-ws")]
+    import websockets
+
     command = f"head -c {size_mb}M /dev/zero | tr '\\0' 'a'"
+    ws_url = str(api.base_url).replace("http://", "ws://").rstrip("/") + f"/v1/capsules/{capsule_id}/exec/stream"
 
     async def via_cp() -> AsyncIterator[bytes]:
-        async with aconnect_ws(f"/v1/capsules/{capsule_id}/exec/stream", api) as ws:
-            await ws.send_json({"type": "start", "cmd": "/bin/sh", "args": ["-c", command]})
-            while True:
-                msg = await ws.receive_json()
+        async with websockets.connect(ws_url, additional_headers={"X-API-Key": api.headers["X-API-Key"]},
+                                      max_size=None) as ws:
+            await ws.send(json.dumps({"type": "start", "cmd": "/bin/sh", "args": ["-c", command]}))
+            async for raw in ws:
+                msg = json.loads(raw)
                 if msg.get("type") in ("stdout", "stderr"):
                     yield msg["data"].encode()
                 elif msg.get("type") in ("exit", "error"):
