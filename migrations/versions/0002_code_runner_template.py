@@ -1,8 +1,8 @@
 """Seed the platform template ``code-runner-beta`` (Jupyter Server + the ``wrenn`` kernel)
 
-The row's id is the directory the host agent stores the rootfs under
-(``templates_dir/<zero team>/<id>/rootfs``), built by ``python -m app.hostagent.build_template
-templates/code-runner/recipe.json``. The id is fixed: uuid5(NAMESPACE_URL, "wrenn:template:code-runner-beta").
+The row makes the template visible from the start; its rootfs is produced by building the recipe through
+the build API (``wrenn-cp template build templates/code-runner/recipe.json --overwrite``), which replaces
+this row with the built template. The id is fixed: uuid5(NAMESPACE_URL, "wrenn:template:code-runner-beta").
 
 Revision ID: 0002
 Revises: 0001

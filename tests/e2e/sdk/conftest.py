@@ -4,8 +4,8 @@
   ``wrenn==0.3.0``. A missing 3.13 fails the suite (it is a requirement, not an optional extra).
 * ``platform``: one ``wrenn-cp serve`` per test session (per xdist worker) on a free loopback port with a
   fresh data dir under /var/tmp (capsule uids must traverse it), stopped with SIGTERM at the end.
-* ``code_runner_template``: builds (or reuses, cached by recipe hash) ``code-runner-beta`` with
-  ``python -m app.hostagent.build_template``; a failed build fails the code-runner tests with its log.
+* ``code_runner_template``: builds ``code-runner-beta`` from its recipe through the platform's build API
+  (``wrenn-cp template build``); a failed build fails the code-runner tests with its log.
 * ``sdk``: runs ``tests/e2e/sdk/scenarios/<script>.py <case>`` in the SDK venv as a separate process
   with ``WRENN_BASE_URL`` / ``WRENN_API_KEY`` and ``sdk_site/`` on ``PYTHONPATH`` (the sitecustomize
   that resolves ``{port}-{id}.127.0.0.1`` proxy hosts locally). The case asserts internally and prints
@@ -152,23 +152,23 @@ def platform() -> Iterator[Platform]:
 
 
 @pytest.fixture(scope="session")
-def code_runner_template() -> dict[str, Any]:
-    """Build or reuse ``code-runner-beta`` (minutes the first time on a machine, then cached)."""
+def code_runner_template(platform: Platform) -> dict[str, Any]:
+    """Build ``code-runner-beta`` the way an operator does: its recipe through the platform's build API
+    (``wrenn-cp template build``), replacing the seeded row. The build runs in a capsule on the agent."""
     reason = _runtime_reason()
     if reason:
         pytest.skip(reason)
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "app.hostagent.build_template", str(CODE_RUNNER_RECIPE)],
-        cwd=ROOT, env=_clean_env(), capture_output=True, text=True, timeout=3600,
+        [CLI, "template", "build", str(CODE_RUNNER_RECIPE), "--overwrite", "--data-dir", str(platform.data_dir)],
+        cwd=ROOT, env=_clean_env(), capture_output=True, text=True, timeout=1800,
     )
     if proc.returncode != 0:
-        pytest.fail(f"building the code-runner-beta template failed:\n{proc.stderr[-8000:]}\n{proc.stdout[-2000:]}",
+        pytest.fail(f"building code-runner-beta through the build API failed (exit {proc.returncode}):\n"
+                    f"{proc.stdout[-8000:]}\n{proc.stderr[-4000:]}\n--- server log ---\n{platform.log_tail(40)}",
                     pytrace=False)
-    info: dict[str, Any] = json.loads(proc.stdout)
-    info["ensure_seconds"] = round(time.monotonic() - started, 1)
-    print(f"\n[e2e] code-runner-beta: {'cached' if info['cached'] else 'built'} "
-          f"(build took {info['build_seconds']} s; ensure now {info['ensure_seconds']} s)")
+    info = {"build_seconds": round(time.monotonic() - started, 1)}
+    print(f"\n[e2e] code-runner-beta built through the build API in {info['build_seconds']} s")
     return info
 
 
