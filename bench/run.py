@@ -49,8 +49,9 @@ def pct(values: list[float], q: float) -> float:
 
 
 class Platform:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, warm_pool: int = 0) -> None:
         self.data_dir = data_dir
+        self.warm_pool = warm_pool
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -58,6 +59,7 @@ class Platform:
     def start(self) -> dict[str, Any]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "WRENN_"))}
         env["WRENN_BENCH_ENDPOINTS"] = "1"
+        env["WRENN_WARM_POOL"] = str(self.warm_pool)
         env["LOG_LEVEL"] = "warning"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--data-dir", str(self.data_dir), "--port", str(self.port),
@@ -185,7 +187,7 @@ async def stream_mb_s(chunks: AsyncIterator[bytes]) -> float:
 async def main_async(args: argparse.Namespace) -> list[Row]:
     root = Path(tempfile.mkdtemp(prefix="wrenn-bench-"))
     os.chmod(root, 0o711)
-    platform = Platform(root / "data")
+    platform = Platform(root / "data", args.warm_pool)
     boot = platform.start()
     rows: list[Row] = []
     try:
@@ -210,11 +212,15 @@ async def main_async(args: argparse.Namespace) -> list[Row]:
 
 async def create_rows(api: httpx.AsyncClient, agent: AgentClient, args: argparse.Namespace) -> list[Row]:
     rows = []
+    settle = 8.0 if args.warm_pool else 0.0  # let the agent refill its warm pool between phases
     for concurrency, n in ((1, args.creates), (50, max(args.creates, 50))):
+        await asyncio.sleep(settle)
         floor = await agent_create_floor(agent, n, concurrency)
+        await asyncio.sleep(settle)
         ours = await bench_create(api, agent, n, concurrency)
         target = "p50 ≤ 60 ms, p99 ≤ 150 ms" if concurrency == 50 else ""
-        rows.append(Row(f"create→running @{concurrency} (p50 / p99 ms)", f"{ours['p50']:.1f} / {ours['p99']:.1f}",
+        pool = f", warm pool {args.warm_pool}" if args.warm_pool else ""
+        rows.append(Row(f"create→running @{concurrency}{pool} (p50 / p99 ms)", f"{ours['p50']:.1f} / {ours['p99']:.1f}",
                         f"{floor['p50']:.1f} / {floor['p99']:.1f}",
                         f"{floor['p50'] / ours['p50']:.2f} / {floor['p99'] / ours['p99']:.2f}", target))
     return rows
@@ -322,6 +328,8 @@ def main() -> None:
     parser.add_argument("--execs", type=int, default=100, help="exec round trips")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of the GET throughput runs")
     parser.add_argument("--stream-mb", type=int, default=64, help="size of the streamed payloads")
+    parser.add_argument("--warm-pool", type=int, default=0,
+                        help="WRENN_WARM_POOL for the agent (pre-booted capsules; 0 = boot on demand)")
     args = parser.parse_args()
     print(render(asyncio.run(main_async(args))))
 

@@ -161,7 +161,9 @@ def bwrap_runtime_factory(runtime_dir: Path) -> RuntimeFactory:
 
         runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
         _warn_if_not_traversable(runtime_dir)
-        return BwrapRuntime(runtime_dir, on_event=on_event)
+        # WRENN_WARM_POOL: pre-booted minimal capsules kept ready for creates (0 = boot on demand).
+        warm = int(os.environ.get("WRENN_WARM_POOL", "0") or 0)
+        return BwrapRuntime(runtime_dir, on_event=on_event, warm_pool=warm)
 
     return make
 

