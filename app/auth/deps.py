@@ -57,10 +57,14 @@ async def session_user(request: Request, state: State) -> Identity:
     return who
 
 
-async def team_session(who: Annotated[Identity, Depends(session_user)]) -> Identity:
+def _with_team(who: Identity) -> Identity:
     if who.team_id is None:
         raise ApiError("no active team; switch to a team first", code="no_team", status=403)
     return who
+
+
+async def team_session(who: Annotated[Identity, Depends(session_user)]) -> Identity:
+    return _with_team(who)
 
 
 async def team_caller(conn: HTTPConnection) -> Identity:
@@ -75,24 +79,35 @@ async def team_caller(conn: HTTPConnection) -> Identity:
         return who
     who = await _session(conn, state)
     _check_csrf(conn, who)
-    if who.team_id is None:
-        raise ApiError("no active team; switch to a team first", code="no_team", status=403)
-    return who
+    return _with_team(who)
 
 
-async def platform_admin(who: Annotated[Identity, Depends(session_user)], state: State) -> Identity:
+async def _admin_now(state: AppState, who: Identity) -> bool:
+    """The admin flag as the database has it now (the session's copy is only a UI hint)."""
     async with state.db() as db:
-        is_admin = await db.scalar(select(User.is_admin).where(User.id == who.user_id))
-    if not is_admin:
+        return bool(await db.scalar(select(User.is_admin).where(User.id == who.user_id)))
+
+
+async def require_platform_admin(state: AppState, who: Identity) -> Identity:
+    """Refuse a session whose user is not a platform admin right now; works for HTTP and WebSocket."""
+    if not await _admin_now(state, who):
         raise Forbidden("platform admin required")
     who.is_admin = True
     return who
 
 
+async def session_identity(conn: HTTPConnection) -> Identity:
+    """The cookie session of an HTTP request or WebSocket upgrade (no CSRF check)."""
+    return await _session(conn, get_state(conn))
+
+
+async def platform_admin(who: Annotated[Identity, Depends(session_user)], state: State) -> Identity:
+    return await require_platform_admin(state, who)
+
+
 async def session_user_fresh(who: Annotated[Identity, Depends(session_user)], state: State) -> Identity:
     """A session whose admin flag is re-read from the database (the cached one is only a UI hint)."""
-    async with state.db() as db:
-        who.is_admin = bool(await db.scalar(select(User.is_admin).where(User.id == who.user_id)))
+    who.is_admin = await _admin_now(state, who)
     return who
 
 

@@ -18,15 +18,12 @@ from urllib.parse import urlsplit
 
 import orjson
 from fastapi import APIRouter, WebSocket
-from sqlalchemy import select
 from starlette.requests import HTTPConnection
 
-from app.accounts.models import User
-from app.auth import sessions
-from app.auth.deps import team_caller
+from app.auth.deps import require_platform_admin, session_identity, team_caller
 from app.auth.identity import Identity
 from app.capsules import ops, service
-from app.core.errors import ApiError, Forbidden, Unauthorized
+from app.core.errors import ApiError, Forbidden
 from app.core.http import ORJSONResponse
 from app.core.state import AppState, get_state
 from app.hostagent.client import AgentError
@@ -64,20 +61,9 @@ async def ws_team_caller(conn: HTTPConnection) -> Identity:
 
 async def ws_platform_admin(conn: HTTPConnection) -> Identity:
     """A platform admin's session (re-read from the database); works on WebSocket upgrades."""
-    state = get_state(conn)
-    raw = conn.cookies.get(sessions.SID_COOKIE)
-    if not raw:
-        raise Unauthorized("authentication required")
-    who = await sessions.load_session(state, raw, conn)
-    if who is None:
-        raise Unauthorized("session expired or revoked")
-    async with state.db() as db:
-        is_admin = await db.scalar(select(User.is_admin).where(User.id == who.user_id))
-    if not is_admin:
-        raise Forbidden("platform admin required")
+    who = await require_platform_admin(get_state(conn), await session_identity(conn))
     if not _same_origin(conn):
         raise Forbidden("cross-origin WebSocket refused")
-    who.is_admin = True
     return who
 
 
